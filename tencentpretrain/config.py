@@ -1,0 +1,219 @@
+"""The model configuration: defaults < JSON/YAML file < explicit CLI flags.
+
+Keys are TencentPretrain's, so its `models/*/config.json` files load unchanged. Unknown keys and
+invalid values are errors that name the key and the file.
+"""
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from tencentpretrain.errors import UserError
+
+ACTIVATIONS = ("gelu", "gelu_fast", "relu", "silu")
+MASKS = ("fully_visible", "causal")
+LAYERNORM_POSITIONING = ("post", "pre")
+# "normal": TencentPretrain's LayerNorm (unbiased std, eps added outside the square root).
+# "normal_torch": nn.LayerNorm semantics (biased variance, eps inside), as Hugging Face BERT.
+LAYERNORMS = ("normal", "normal_torch")
+
+
+@dataclass
+class ModelConfig:
+    emb_size: int = 768
+    hidden_size: int = 768
+    feedforward_size: int = 3072
+    heads_num: int = 12
+    attention_head_size: Optional[int] = None  # None: hidden_size // heads_num
+    layers_num: int = 12
+    decoder_layers_num: Optional[int] = None  # None: layers_num
+    max_seq_length: int = 512
+    dropout: float = 0.1
+    hidden_act: str = "gelu"
+    embedding: List[str] = field(default_factory=lambda: ["word", "pos", "seg"])
+    tgt_embedding: List[str] = field(default_factory=list)
+    encoder: str = "transformer"
+    decoder: Optional[str] = None
+    mask: str = "fully_visible"
+    layernorm_positioning: str = "post"
+    layernorm: str = "normal"
+    layernorm_eps: Optional[float] = None  # None: 1e-6 for "normal", 1e-12 for "normal_torch"
+    remove_embedding_layernorm: bool = False
+    target: List[str] = field(default_factory=lambda: ["mlm", "sp"])
+    tie_weights: bool = False
+    share_embedding: bool = False  # decoder's target embedding shares the encoder's word table
+    has_lmtarget_bias: bool = False
+    pooling: str = "first"
+    labels_num: Optional[int] = None  # for the `cls` target
+    vocab_size: Optional[int] = None  # set from the vocabulary when not given
+    data_processor: str = "bert"  # the processor whose datasets this model trains on
+    wid: Optional[typing.Any] = None  # a WidConfig (tencentpretrain.wid.config) or None
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def head_size(self):
+        return self.attention_head_size or self.hidden_size // self.heads_num
+
+    @property
+    def eps(self):
+        if self.layernorm_eps is not None:
+            return self.layernorm_eps
+        return 1e-6 if self.layernorm == "normal" else 1e-12
+
+    def to_dict(self):
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.wid is not None:
+            d["wid"] = self.wid.to_dict() if hasattr(self.wid, "to_dict") else dict(self.wid)
+        return {k: v for k, v in d.items() if v is not None}
+
+    def save(self, path):
+        from tencentpretrain.utils.io import atomic_write
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+# Keys TencentPretrain's config files carry that concern other stages; accepted and ignored here.
+FOREIGN_KEYS = {"seq_length", "tokenizer", "vocab_path", "spm_model_path", "do_lower_case"}
+
+
+def read_config_file(path):
+    """A JSON (or YAML, by extension) mapping, with errors that name the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path} (pass --config_path with a JSON file, "
+                        f"e.g. models/bert/base_config.json)")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: malformed YAML: {err}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: "
+                            f"{err.msg}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a JSON object of keys to values")
+    return data
+
+
+def _check_type(key, value, where):
+    """Coerce and validate one value against the field's annotated type."""
+    tp = FIELDS[key].type
+    optional = False
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional, tp = True, args[0]
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{where}: key '{key}' must not be null")
+    if tp is typing.Any:
+        return value
+    if typing.get_origin(tp) in (list, List):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{where}: key '{key}' must be a list of names, got {value!r}")
+        return list(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: key '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _choice(key, value, choices, where):
+    if value not in choices:
+        raise UserError(f"{where}: key '{key}' is '{value}'; choose one of: {', '.join(choices)}")
+
+
+def validate(cfg, where="model config"):
+    from tencentpretrain.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS
+    for key in ("emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
+                "max_seq_length"):
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"{where}: key '{key}' must be positive, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"{where}: key 'dropout' must be in [0, 1), got {cfg.dropout}")
+    if cfg.attention_head_size is None and cfg.hidden_size % cfg.heads_num:
+        raise UserError(f"{where}: hidden_size {cfg.hidden_size} is not divisible by heads_num "
+                        f"{cfg.heads_num}; change one of them or set attention_head_size")
+    _choice("hidden_act", cfg.hidden_act, ACTIVATIONS, where)
+    _choice("mask", cfg.mask, MASKS, where)
+    _choice("layernorm_positioning", cfg.layernorm_positioning, LAYERNORM_POSITIONING, where)
+    _choice("layernorm", cfg.layernorm, LAYERNORMS, where)
+    _choice("pooling", cfg.pooling, ("first", "mean", "max", "last"), where)
+    for key, reg in (("embedding", EMBEDDINGS), ("tgt_embedding", EMBEDDINGS)):
+        for name in getattr(cfg, key):
+            _choice(key, name, reg.names(), where)
+    if not cfg.embedding:
+        raise UserError(f"{where}: key 'embedding' must name at least one embedding")
+    _choice("encoder", cfg.encoder, ENCODERS.names(), where)
+    if cfg.decoder is not None:
+        _choice("decoder", cfg.decoder, DECODERS.names(), where)
+        if not cfg.tgt_embedding:
+            raise UserError(f"{where}: a decoder needs a 'tgt_embedding' list, e.g. [\"word\", \"pos\"]")
+    if not cfg.target:
+        raise UserError(f"{where}: key 'target' must name at least one target")
+    for name in cfg.target:
+        _choice("target", name, TARGETS.names(), where)
+    if "cls" in cfg.target and not cfg.labels_num:
+        raise UserError(f"{where}: the 'cls' target needs 'labels_num'")
+    if cfg.tie_weights and "lm" in cfg.target and cfg.emb_size != cfg.hidden_size:
+        raise UserError(f"{where}: tie_weights with the 'lm' target needs emb_size == hidden_size")
+    return cfg
+
+
+def load_model_config(path=None, overrides=None):
+    """Build a ModelConfig: dataclass defaults, then the file at `path`, then `overrides`."""
+    values = {}
+    sources = {}
+    if path:
+        for key, value in read_config_file(path).items():
+            if key in FOREIGN_KEYS:
+                continue
+            if key not in FIELDS:
+                close = difflib.get_close_matches(key, list(FIELDS), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise UserError(f"{path}: unknown key '{key}'{hint}")
+            values[key], sources[key] = value, path
+    for key, value in (overrides or {}).items():
+        if key not in FIELDS:
+            raise UserError(f"unknown model option '{key}'")
+        values[key], sources[key] = value, "command line"
+    kwargs = {}
+    for key, value in values.items():
+        if key == "wid":
+            continue
+        kwargs[key] = _check_type(key, value, sources[key])
+    cfg = ModelConfig(**kwargs)
+    if values.get("wid") is not None:
+        from tencentpretrain.wid.config import WidConfig
+        wid = values["wid"]
+        cfg.wid = wid if isinstance(wid, WidConfig) else WidConfig.from_dict(wid, where=sources["wid"])
+    return validate(cfg, where=path or "model config")

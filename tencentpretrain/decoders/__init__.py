@@ -1,0 +1,1 @@
+from tencentpretrain.decoders.transformer_decoder import TransformerDecoder  # noqa: F401

@@ -1,0 +1,1 @@
+from tencentpretrain.encoders.transformer_encoder import TransformerEncoder  # noqa: F401

@@ -1,0 +1,1 @@
+from tencentpretrain.models.model import Model  # noqa: F401

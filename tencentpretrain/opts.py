@@ -1,0 +1,72 @@
+"""argparse option groups shared by every CLI, with TencentPretrain's flag names.
+
+Model options default to "not given" (argparse.SUPPRESS), so that only flags the user typed
+override the config file: defaults < config file < explicit CLI flags.
+"""
+import argparse
+import copy
+
+from tencentpretrain.config import FIELDS, load_model_config
+from tencentpretrain.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, TOKENIZERS
+
+
+def _bool(text):
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def model_opts(parser):
+    g = parser.add_argument_group("model")
+    g.add_argument("--config_path", default=None,
+                   help="JSON/YAML model config, e.g. models/bert/base_config.json")
+    s = argparse.SUPPRESS
+    g.add_argument("--embedding", nargs="+", choices=EMBEDDINGS.names(), default=s)
+    g.add_argument("--tgt_embedding", nargs="+", choices=EMBEDDINGS.names(), default=s)
+    g.add_argument("--encoder", choices=ENCODERS.names(), default=s)
+    g.add_argument("--decoder", choices=DECODERS.names(), default=s)
+    g.add_argument("--target", nargs="+", choices=TARGETS.names(), default=s)
+    g.add_argument("--mask", choices=("fully_visible", "causal"), default=s)
+    g.add_argument("--layernorm_positioning", choices=("post", "pre"), default=s)
+    g.add_argument("--layernorm", choices=("normal", "normal_torch"), default=s)
+    g.add_argument("--hidden_act", choices=("gelu", "gelu_fast", "relu", "silu"), default=s)
+    for name in ("emb_size", "hidden_size", "feedforward_size", "heads_num", "attention_head_size",
+                 "layers_num", "decoder_layers_num", "max_seq_length", "labels_num"):
+        g.add_argument(f"--{name}", type=int, default=s)
+    g.add_argument("--dropout", type=float, default=s)
+    g.add_argument("--layernorm_eps", type=float, default=s)
+    for name in ("tie_weights", "remove_embedding_layernorm", "share_embedding", "has_lmtarget_bias"):
+        g.add_argument(f"--{name}", type=_bool, nargs="?", const=True, default=s,
+                       metavar="{true,false}")
+    return g
+
+
+def tokenizer_opts(parser):
+    g = parser.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer", choices=TOKENIZERS.names() or None, default="bert")
+    g.add_argument("--vocab_path", default=None,
+                   help="vocabulary file (default: models/google_uncased_en_vocab.txt)")
+    g.add_argument("--spm_model_path", default=None, help="SentencePiece model (replaces the vocab)")
+    g.add_argument("--do_lower_case", type=_bool, nargs="?", const=True, default=True,
+                   metavar="{true,false}")
+    return g
+
+
+def parse_args(parser, argv=None):
+    """Parse `argv`; also return the set of option names the user gave explicitly."""
+    args = parser.parse_args(argv)
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    explicit = set(vars(probe.parse_args(argv)))
+    return args, explicit
+
+
+def model_config_from_args(args, **extra):
+    """The ModelConfig for parsed `args`: config file, then model flags the user typed."""
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    return load_model_config(getattr(args, "config_path", None), overrides)
