@@ -7,9 +7,11 @@ read from the registries, so a new component needs no edit anywhere else.
 
 
 class Registry:
-    def __init__(self, kind):
+    def __init__(self, kind, packages):
         self.kind = kind
         self._entries = {}
+        self._packages = packages  # the modules whose import fills this registry
+        self._loaded = False
 
     def register(self, name):
         def decorator(obj):
@@ -21,7 +23,7 @@ class Registry:
         return decorator
 
     def get(self, name):
-        _load_builtin_components()
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -29,34 +31,27 @@ class Registry:
                            f"{', '.join(sorted(self._entries))}") from None
 
     def names(self):
-        _load_builtin_components()
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name):
-        _load_builtin_components()
+        self._load()
         return name in self._entries
 
 
-EMBEDDINGS = Registry("embedding")
-ENCODERS = Registry("encoder")
-DECODERS = Registry("decoder")
-TARGETS = Registry("target")
-TOKENIZERS = Registry("tokenizer")
-PROCESSORS = Registry("data processor")
+    def _load(self):
+        if self._loaded:
+            return
+        self._loaded = True
+        import importlib
+        for module in self._packages:
+            importlib.import_module(f"tencentpretrain.{module}")
 
-_loaded = False
 
-
-def _load_builtin_components():
-    """Import the packages whose modules register themselves (once, lazily)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-    for pkg in ("embeddings", "encoders", "decoders", "targets", "data", "wid"):
-        try:
-            importlib.import_module(f"tencentpretrain.{pkg}")
-        except ModuleNotFoundError as err:  # a package not written yet
-            if err.name != f"tencentpretrain.{pkg}":
-                raise
+# WID's compactor-bearing components register beside the plain ones.
+EMBEDDINGS = Registry("embedding", ("embeddings", "wid"))
+ENCODERS = Registry("encoder", ("encoders", "wid"))
+DECODERS = Registry("decoder", ("decoders",))
+TARGETS = Registry("target", ("targets", "wid"))
+TOKENIZERS = Registry("tokenizer", ("data.tokenizers",))
+PROCESSORS = Registry("data processor", ("data.processors",))
