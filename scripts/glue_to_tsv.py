@@ -1,0 +1,8 @@
+"""Convert official GLUE task files into the toolkit's TSV format (label, text_a, text_b)."""
+import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E401,E702
+
+from tencentpretrain.errors import run_cli
+from tencentpretrain.tasks.glue import main
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,269 @@
+"""SQuAD v1.1 / v2.0: JSON reader, sliding-window features, and span decoding.
+
+Context tokens carry character offsets into the original context (from
+`tokenizer.tokenize_with_offsets`), so an answer is mapped to tokens and back to text
+by offsets alone: no re-tokenising, no whitespace heuristics, and accents or runs of
+spaces in the context survive in the predicted text.
+"""
+import collections
+import dataclasses
+import json
+import math
+import os
+
+from tencentpretrain.errors import UserError
+
+
+@dataclasses.dataclass
+class SquadExample:
+    qid: str
+    question: str
+    context: str
+    answers: list  # [(text, char_start)], gold answers in file order
+    is_impossible: bool = False
+
+
+@dataclasses.dataclass
+class SquadFeature:
+    example_index: int
+    src: list
+    seg: list
+    token_spans: dict  # position in src -> (char_start, char_end) in the context; context tokens only
+    max_context: dict  # position in src -> is this window the one where the token has most context
+    start_position: int = 0  # 0 = [CLS]: no answer in this window
+    end_position: int = 0
+
+
+def load_squad_json(path):
+    """The raw dataset (`data` list of articles) and whether it is v2.0 (has unanswerable questions)."""
+    if not os.path.isfile(path):
+        raise UserError(f"SQuAD file '{path}' does not exist")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw.strip():
+        raise UserError(f"SQuAD file '{path}' is empty")
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not valid UTF-8 at byte {err.start}; SQuAD files are UTF-8 JSON") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}, line {err.lineno} column {err.colno}: invalid JSON ({err.msg})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
+        raise UserError(f"{path}: expected a SQuAD JSON object with a 'data' list of articles")
+    version_2 = str(obj.get("version", "")).lstrip("v").startswith("2") or any(
+        "is_impossible" in qa for art in obj["data"] for p in art.get("paragraphs", []) for qa in p.get("qas", []))
+    return obj["data"], version_2
+
+
+def read_squad(path):
+    """SquadExamples from a v1.1 or v2.0 file; returns (examples, dataset, version_2)."""
+    dataset, version_2 = load_squad_json(path)
+    examples = []
+    for a, article in enumerate(dataset):
+        for p, paragraph in enumerate(article.get("paragraphs") or []):
+            where = f"{path}: data[{a}].paragraphs[{p}]"
+            if "context" not in paragraph or "qas" not in paragraph:
+                raise UserError(f"{where} needs 'context' and 'qas'")
+            context = paragraph["context"]
+            for q, qa in enumerate(paragraph["qas"]):
+                for key in ("id", "question"):
+                    if key not in qa:
+                        raise UserError(f"{where}.qas[{q}] has no '{key}'")
+                impossible = bool(qa.get("is_impossible", False))
+                answers = []
+                for answer in qa.get("answers", []):
+                    if "text" not in answer or "answer_start" not in answer:
+                        raise UserError(f"{where}.qas[{q}] (id {qa['id']}): an answer needs 'text' and 'answer_start'")
+                    answers.append((answer["text"], int(answer["answer_start"])))
+                if not impossible and not answers:
+                    raise UserError(f"{where}.qas[{q}] (id {qa['id']}) has no answers and is not marked "
+                                    "'is_impossible': true")
+                examples.append(SquadExample(qa["id"], qa["question"], context, answers, impossible))
+    if not examples:
+        raise UserError(f"SQuAD file '{path}' holds no questions")
+    return examples, dataset, version_2
+
+
+def windows(n_tokens, max_tokens, doc_stride):
+    """(start, length) of the sliding windows over the context tokens (as Google's BERT)."""
+    spans, start = [], 0
+    while True:
+        length = min(n_tokens - start, max_tokens)
+        spans.append((start, length))
+        if start + length >= n_tokens:
+            return spans
+        start += min(length, doc_stride)
+
+
+def _is_max_context(spans, index, position):
+    """Whether window `index` gives token `position` the most context on its shorter side."""
+    best_score, best_index = None, None
+    for i, (start, length) in enumerate(spans):
+        if not start <= position < start + length:
+            continue
+        score = min(position - start, start + length - 1 - position) + 0.01 * length
+        if best_score is None or score > best_score:
+            best_score, best_index = score, i
+    return best_index == index
+
+
+def answer_token_span(doc, char_start, char_end):
+    """First and last context token overlapping [char_start, char_end), or None if none does."""
+    covering = [i for i, (_, s, e) in enumerate(doc) if s < char_end and e > char_start]
+    return (covering[0], covering[-1]) if covering else None
+
+
+def build_features(examples, tokenizer, seq_length, doc_stride=128, max_query_length=64, training=False):
+    """Split each example into windows of `[CLS] question [SEP] context-window [SEP]`.
+
+    Training windows that do not contain the whole answer (and unanswerable questions)
+    point both start and end at position 0, the [CLS] token. Returns (features, skipped),
+    where skipped counts training examples whose answer_start does not match the text.
+    """
+    features, skipped = [], 0
+    docs = {}  # questions share their paragraph's context: tokenise it once
+    for ex_index, ex in enumerate(examples):
+        query = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(ex.question)[:max_query_length])
+        if ex.context not in docs:
+            doc = tokenizer.tokenize_with_offsets(ex.context)
+            docs = {ex.context: (doc, tokenizer.convert_tokens_to_ids([t for t, _, _ in doc]))}
+        doc, doc_ids = docs[ex.context]
+        max_doc = seq_length - len(query) - 3
+        if max_doc < 1:
+            raise UserError(f"--seq_length {seq_length} leaves no room for the context after a question of "
+                            f"{len(query)} tokens; raise --seq_length or lower --max_query_length")
+        answer_span = None
+        if training and not ex.is_impossible:
+            text, start = ex.answers[0]
+            if ex.context[start:start + len(text)] != text:
+                skipped += 1
+                continue
+            answer_span = answer_token_span(doc, start, start + len(text))
+            if answer_span is None:
+                skipped += 1
+                continue
+        spans = windows(len(doc), max_doc, doc_stride)
+        for w, (start, length) in enumerate(spans):
+            src = [tokenizer.cls_id] + query + [tokenizer.sep_id]
+            seg = [1] * len(src)
+            offset = len(src) - start  # position in src of context token i is i + offset
+            src += doc_ids[start:start + length] + [tokenizer.sep_id]
+            seg += [2] * (length + 1)
+            token_spans = {i + offset: (doc[i][1], doc[i][2]) for i in range(start, start + length)}
+            max_context = {i + offset: _is_max_context(spans, w, i) for i in range(start, start + length)}
+            s_pos = e_pos = 0
+            if answer_span and start <= answer_span[0] and answer_span[1] < start + length:
+                s_pos, e_pos = answer_span[0] + offset, answer_span[1] + offset
+            features.append(SquadFeature(ex_index, src, seg, token_spans, max_context, s_pos, e_pos))
+    return features, skipped
+
+
+def _top_indices(logits, n):
+    return sorted(range(len(logits)), key=lambda i: logits[i], reverse=True)[:n]
+
+
+def decode_predictions(examples, features, start_logits, end_logits, n_best_size=20, max_answer_length=30,
+                       version_2=False, null_score_diff_threshold=0.0):
+    """Best answer text per question id, from per-feature start/end logits (lists of floats).
+
+    Returns (predictions {qid: text}, nbest {qid: [{text, probability, start_logit, end_logit}]},
+    null_odds {qid: null score minus best span score}, v2.0 only). For v2.0 the prediction is
+    the empty string when null_odds exceeds null_score_diff_threshold.
+    """
+    by_example = collections.defaultdict(list)
+    for f_index, feature in enumerate(features):
+        by_example[feature.example_index].append(f_index)
+    predictions, nbest_out, null_odds = {}, {}, {}
+    for ex_index, ex in enumerate(examples):
+        candidates = {}  # text -> (score, start_logit, end_logit)
+        null = None
+        for f_index in by_example.get(ex_index, []):
+            feature, s_logits, e_logits = features[f_index], start_logits[f_index], end_logits[f_index]
+            feature_null = s_logits[0] + e_logits[0]
+            if null is None or feature_null < null[0]:
+                null = (feature_null, s_logits[0], e_logits[0])
+            for s in _top_indices(s_logits, n_best_size):
+                if s not in feature.token_spans or not feature.max_context[s]:
+                    continue
+                for e in _top_indices(e_logits, n_best_size):
+                    if e not in feature.token_spans or e < s or e - s + 1 > max_answer_length:
+                        continue
+                    text = ex.context[feature.token_spans[s][0]:feature.token_spans[e][1]]
+                    score = s_logits[s] + e_logits[e]
+                    if text not in candidates or score > candidates[text][0]:
+                        candidates[text] = (score, s_logits[s], e_logits[e])
+        ranked = sorted(candidates.items(), key=lambda kv: kv[1][0], reverse=True)[:n_best_size]
+        best_text, best_score = (ranked[0][0], ranked[0][1][0]) if ranked else ("", None)
+        if version_2 and null is not None:
+            ranked.append(("", null))
+            ranked.sort(key=lambda kv: kv[1][0], reverse=True)
+            ranked = ranked[:n_best_size]
+            diff = null[0] - best_score if best_score is not None else 1e9  # no span at all: surely no answer
+            null_odds[ex.qid] = diff
+            if diff > null_score_diff_threshold:
+                best_text = ""
+        predictions[ex.qid] = best_text
+        scores = [score for _, (score, _, _) in ranked]
+        top = max(scores) if scores else 0.0
+        exps = [math.exp(s - top) for s in scores]
+        total = sum(exps) or 1.0
+        nbest_out[ex.qid] = [{"text": text, "probability": p / total, "start_logit": sl, "end_logit": el}
+                             for (text, (_, sl, el)), p in zip(ranked, exps)]
+    return predictions, nbest_out, null_odds
+
+
+# ---------------------------------------------------------------- the fine-tuning task
+@dataclasses.dataclass
+class SquadData:
+    """One SQuAD file ready for the model: examples, their windows, and the raw JSON for scoring."""
+    examples: list
+    features: list
+    tensors: dict
+    dataset: list
+    version_2: bool
+
+
+def load_squad_data(path, tokenizer, seq_length, doc_stride, max_query_length, training, log=print):
+    import torch
+    from tencentpretrain.tasks.engine import pad
+    examples, dataset, version_2 = read_squad(path)
+    features, skipped = build_features(examples, tokenizer, seq_length, doc_stride, max_query_length, training)
+    if skipped:
+        log(f"warning: {path}: {skipped} questions skipped (answer_start does not point at the answer text)")
+    if not features:
+        raise UserError(f"{path}: no usable questions")
+    width = max(len(f.src) for f in features)
+    tensors = {"src": pad([f.src for f in features], width, tokenizer.pad_id),
+               "seg": pad([f.seg for f in features], width, 0)}
+    if training:
+        tensors["start"] = torch.tensor([f.start_position for f in features])
+        tensors["end"] = torch.tensor([f.end_position for f in features])
+    log(f"{path}: SQuAD v{'2.0' if version_2 else '1.1'}, {len(examples)} questions, {len(features)} windows")
+    return SquadData(examples, features, tensors, dataset, version_2)
+
+
+class SquadTask:
+    def __init__(self, n_best_size=20, max_answer_length=30, null_score_diff_threshold=0.0):
+        self.n_best_size = n_best_size
+        self.max_answer_length = max_answer_length
+        self.null_score_diff_threshold = null_score_diff_threshold
+
+    def loss(self, model, batch):
+        import torch.nn.functional as F
+        start, end = model(batch["src"], batch["seg"])
+        return (F.cross_entropy(start.float(), batch["start"]) + F.cross_entropy(end.float(), batch["end"])) / 2
+
+    def predict(self, model, data, run):
+        from tencentpretrain.tasks.engine import forward_all
+        start, end = forward_all(model, data.tensors, run, per_token=True)
+        return decode_predictions(data.examples, data.features, start.tolist(), end.tolist(), self.n_best_size,
+                                  self.max_answer_length, data.version_2, self.null_score_diff_threshold)
+
+    def evaluate(self, model, data, run):
+        from tencentpretrain.tasks import metrics as M
+        predictions, _, null_odds = self.predict(model, data, run)
+        if data.version_2:
+            out = M.squad_v2_evaluate(data.dataset, predictions)
+            return {"f1": out.pop("f1"), **out}
+        out = M.squad_v1_evaluate(data.dataset, predictions)
+        return {"f1": out["f1"], "exact_match": out["exact_match"], "total": out["total"]}
