@@ -7,7 +7,7 @@ import argparse
 import copy
 
 from tencentpretrain.config import FIELDS, load_model_config
-from tencentpretrain.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, TOKENIZERS
+from tencentpretrain.registry import DECODERS, EMBEDDINGS, ENCODERS, PROCESSORS, TARGETS, TOKENIZERS
 
 
 def _bool(text):
@@ -29,6 +29,8 @@ def model_opts(parser):
     g.add_argument("--decoder", choices=DECODERS.names(), default=s)
     g.add_argument("--target", nargs="+", choices=TARGETS.names(), default=s)
     g.add_argument("--mask", choices=("fully_visible", "causal"), default=s)
+    g.add_argument("--data_processor", choices=PROCESSORS.names(), default=s,
+                   help="the processor the dataset was made with (must match the dataset)")
     g.add_argument("--layernorm_positioning", choices=("post", "pre"), default=s)
     g.add_argument("--layernorm", choices=("normal", "normal_torch"), default=s)
     g.add_argument("--hidden_act", choices=("gelu", "gelu_fast", "relu", "silu"), default=s)

@@ -1,0 +1,138 @@
+"""Checkpoint pairs: a model file and a training-state file beside it.
+
+    <output_model_path>-<step>            plain state_dict, TencentPretrain key names (model_io)
+    <output_model_path>-<step>.state.pt   everything else needed to resume, see `training_state`
+    <output_model_path>, <...>.state.pt   the same pair at the end of the run
+
+Both files of a pair are first written completely to temporary names and then renamed into place, so
+a crash while writing (the long part) leaves the previous pair intact; the state file records the
+model file's SHA-256, so a pair torn between the two renames is detected on resume.
+The state file holds only tensors, numbers, strings, lists and dicts: `torch.load(weights_only=True)`
+reads it.
+"""
+import glob
+import hashlib
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from tencentpretrain.errors import UserError
+from tencentpretrain.model_io import save_state_dict
+from tencentpretrain.utils.io import atomic_write
+
+STATE_SUFFIX = ".state.pt"
+FORMAT = 1
+
+
+def state_path(model_path):
+    return model_path + STATE_SUFFIX
+
+
+def step_path(output_model_path, step):
+    return f"{output_model_path}-{step}"  # TencentPretrain's convention
+
+
+def _partial(path):
+    # Keep a `.safetensors` ending so model_io picks the same format for the temporary file.
+    root, ext = (path[:-12], ".safetensors") if path.endswith(".safetensors") else (path, "")
+    return f"{root}.partial{ext}"
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(model_path, model_state, train_state):
+    """Write the pair (model_path, model_path + STATE_SUFFIX)."""
+    tmp_model, tmp_state = _partial(model_path), _partial(state_path(model_path))
+    try:
+        save_state_dict(model_state, tmp_model)
+        train_state = dict(train_state, model_sha256=sha256_file(tmp_model),
+                           model_file=os.path.basename(model_path))
+        with atomic_write(tmp_state, "wb") as f:
+            torch.save(train_state, f)
+        os.replace(tmp_model, model_path)
+        os.replace(tmp_state, state_path(model_path))
+    finally:
+        for tmp in (tmp_model, tmp_state):
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def load_training_state(model_path):
+    path = state_path(model_path)
+    if not os.path.isfile(model_path):
+        raise UserError(f"--resume_from {model_path}: model file not found")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume_from {model_path}: its training-state file {path} is missing, so the "
+                        f"run cannot be resumed exactly; to start a new run from these weights use "
+                        f"--pretrained_model_path {model_path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path}: cannot read the training state ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not a training-state file of format {FORMAT}")
+    if state["model_sha256"] != sha256_file(model_path):
+        raise UserError(f"{model_path} and {path} do not belong together (the model file changed after "
+                        f"the state was written); resume from an earlier checkpoint")
+    return state
+
+
+def saved_step(model_path):
+    """The step a checkpoint pair was written at (reads only that field: the file is memory-mapped)."""
+    return int(torch.load(state_path(model_path), map_location="cpu", weights_only=True, mmap=True)["step"])
+
+
+def find_latest(output_model_path):
+    """The most advanced pair among `<output_model_path>-<step>` and the final `<output_model_path>`
+    (only pairs whose state file exists), or None."""
+    pattern = re.compile(re.escape(output_model_path) + r"-(\d+)$")
+    candidates = []
+    for path in glob.glob(glob.escape(output_model_path) + "-*"):
+        m = pattern.match(path)
+        if m and os.path.isfile(state_path(path)):
+            candidates.append((int(m.group(1)), 1, path))
+    if os.path.isfile(output_model_path) and os.path.isfile(state_path(output_model_path)):
+        candidates.append((saved_step(output_model_path), 0, output_model_path))
+    return max(candidates)[2] if candidates else None
+
+
+# ---- RNG state as plain values (torch.load(weights_only=True) refuses pickled objects) ----------
+
+def rng_state():
+    version, internal, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)

@@ -1,0 +1,41 @@
+"""The seam through which features such as WID join a pretraining run without editing the loop.
+
+pretrain.py calls, in this order:
+    add_plugin_opts(parser)                          extra flags (WID: --target_dim, --w_step, ...)
+    apply_plugin_overrides(model_cfg, args)          those flags into the model config
+    build_plugins(model, model_cfg, train_cfg)       -> (callbacks, claims) handed to Trainer
+    load_pretrained(model, model_cfg, path)          --pretrained_model_path; the model decides what may
+                                                     be missing (a WID model: its compactors and masks)
+Today one feature plugs in: a model config with a `wid` block makes these call
+`tencentpretrain.wid.build_wid_plugin(model, model_cfg, train_cfg)` (returning `([callbacks], [claims])`)
+and `tencentpretrain.wid.load_teacher`. A new feature adds its branch here and nothing in the loop.
+"""
+from tencentpretrain.model_io import load_model_weights
+
+
+def add_plugin_opts(parser):
+    from tencentpretrain.wid import wid_opts
+    wid_opts(parser)
+
+
+def apply_plugin_overrides(model_cfg, args):
+    from tencentpretrain.wid import apply_wid_overrides
+    apply_wid_overrides(model_cfg, args)
+
+
+def build_plugins(model, model_cfg, train_cfg):
+    callbacks, claims = [], []
+    if getattr(model_cfg, "wid", None) is not None:
+        from tencentpretrain.wid import build_wid_plugin
+        wid_callbacks, wid_claims = build_wid_plugin(model, model_cfg, train_cfg)
+        callbacks += list(wid_callbacks)
+        claims += list(wid_claims)
+    return callbacks, claims
+
+
+def load_pretrained(model, model_cfg, path):
+    if getattr(model_cfg, "wid", None) is not None:
+        from tencentpretrain.wid import load_teacher
+        return load_teacher(model, path)
+    # A plain model must find every key it has; leftovers (another head) are an error too.
+    return load_model_weights(model, path)

@@ -1,0 +1,170 @@
+"""pretrain.py's library side: options (TencentPretrain's flag names), checks, and one run per process.
+
+    python pretrain.py --dataset_path dataset.tpd --config_path models/bert/base_config.json \
+        --output_model_path models/bert_base.bin --total_steps 10000 --batch_size 32 [--bf16]
+    ... --world_size 2 --gpu_ranks 0 1            # two processes on this node (GPUs, else CPU + gloo)
+    torchrun --nproc_per_node 2 pretrain.py ...    # the same, started by torchrun
+"""
+import argparse
+import os
+from dataclasses import dataclass
+
+from tencentpretrain.errors import UserError
+from tencentpretrain.opts import _bool, model_config_from_args, model_opts, parse_args, tokenizer_opts
+from tencentpretrain.training import checkpoint as ckpt
+from tencentpretrain.training import distributed, plugins
+from tencentpretrain.training.optim import SCHEDULERS
+from tencentpretrain.training.trainer import TrainConfig, Trainer
+
+# Batch targets each preprocess.py processor writes, and the model targets that consume them.
+PROCESSOR_TARGETS = {"bert": {"mlm", "sp"}, "mlm": {"mlm"}, "lm": {"lm"}}
+
+
+def training_opts(parser):
+    g = parser.add_argument_group("training")
+    g.add_argument("--dataset_path", required=True, help="dataset written by preprocess.py")
+    g.add_argument("--pretrained_model_path", default=None, help="initial weights (e.g. a teacher)")
+    g.add_argument("--output_model_path", required=True,
+                   help="final model; checkpoints go to <output_model_path>-<step>")
+    g.add_argument("--total_steps", type=int, default=100000, help="optimizer steps")
+    g.add_argument("--save_checkpoint_steps", type=int, default=10000)
+    g.add_argument("--report_steps", type=int, default=100)
+    g.add_argument("--accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--batch_size", type=int, default=32, help="instances per process and micro-batch")
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the latest <output_model_path>[-<step>] with its .state.pt, if any")
+    g.add_argument("--resume_from", default=None, help="continue from this model file and its .state.pt")
+    o = parser.add_argument_group("optimization")
+    o.add_argument("--optimizer", choices=("adamw",), default="adamw")
+    o.add_argument("--learning_rate", type=float, default=2e-5)
+    o.add_argument("--weight_decay", type=float, default=0.01, help="not applied to biases and LayerNorm")
+    o.add_argument("--bias_correction", type=_bool, default=True, metavar="{true,false}",
+                   help="Adam bias correction; false reproduces TencentPretrain's BertAdam")
+    o.add_argument("--warmup", type=float, default=0.1, help="warmup as a fraction of --total_steps")
+    o.add_argument("--scheduler", choices=SCHEDULERS, default="linear")
+    o.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; 0 disables it")
+    o.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and GPU)")
+    o.add_argument("--fp16", action="store_true", help="fp16 autocast with a loss scaler (GPU only)")
+    d = parser.add_argument_group("processes")
+    d.add_argument("--world_size", type=int, default=1, help="total processes over all nodes")
+    d.add_argument("--gpu_ranks", type=int, nargs="+", default=[],
+                   help="global ranks run on this node, one process each (process i uses local GPU i)")
+    d.add_argument("--master_ip", default="tcp://localhost:12345", help="rendezvous address")
+    d.add_argument("--backend", choices=("nccl", "gloo"), default=None,
+                   help="default: nccl on GPU, gloo on CPU")
+    return g
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    training_opts(parser)
+    model_opts(parser)
+    tokenizer_opts(parser)
+    plugins.add_plugin_opts(parser)
+    return parser
+
+
+@dataclass
+class PretrainJob:
+    """Everything a process needs; built and checked once, before any process starts."""
+    model_cfg: object
+    train_cfg: TrainConfig
+    dataset_path: str
+    batch_size: int
+    pretrained_model_path: str = None
+    resume_from: str = None
+    resume_latest: bool = False
+
+
+def train_config_from_args(args):
+    if args.bf16 and args.fp16:
+        raise UserError("--bf16 and --fp16 exclude each other; pick one")
+    for name in ("total_steps", "save_checkpoint_steps", "report_steps", "accumulation_steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return TrainConfig(
+        total_steps=args.total_steps, accumulation_steps=args.accumulation_steps,
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup=args.warmup,
+        scheduler=args.scheduler, optimizer=args.optimizer, bias_correction=args.bias_correction,
+        max_grad_norm=args.max_grad_norm, precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        report_steps=args.report_steps, save_checkpoint_steps=args.save_checkpoint_steps,
+        output_model_path=args.output_model_path, seed=args.seed)
+
+
+def check_dataset(dataset_path, model_cfg):
+    """The dataset must have been made for this model: vocabulary, length, processor and targets."""
+    from tencentpretrain.data.dataset import check_compatible, read_header
+    from tencentpretrain.registry import TARGETS
+    if not os.path.isfile(dataset_path):
+        raise UserError(f"--dataset_path {dataset_path}: file not found; make it with preprocess.py")
+    header = read_header(dataset_path)
+    check_compatible(header, model_cfg.vocab_size, model_cfg.max_seq_length, model_cfg.data_processor,
+                     path=dataset_path)
+    provided = PROCESSOR_TARGETS.get(header.processor)
+    # A variant target (WID's "wid_mlm") names the target it stands for in `key_name`.
+    wanted = {getattr(TARGETS.get(name), "key_name", name) for name in model_cfg.target}
+    if provided is not None and not wanted <= provided:
+        raise UserError(f"{dataset_path} ('{header.processor}' processor) has targets for "
+                        f"{sorted(provided)} but the model config asks for {model_cfg.target}; set --target "
+                        f"{' '.join(sorted(provided))} or re-run preprocess.py with another --data_processor")
+    return header
+
+
+def prepare(argv=None):
+    """Parse and check everything in the launching process, so errors are reported once."""
+    from tencentpretrain.data.tokenizers import build_tokenizer
+    args, _ = parse_args(build_parser(), argv)  # model flags not typed are absent
+    train_cfg = train_config_from_args(args)
+    model_cfg = model_config_from_args(args)
+    plugins.apply_plugin_overrides(model_cfg, args)
+    if model_cfg.vocab_size is None:
+        model_cfg.vocab_size = build_tokenizer(args.tokenizer, args.vocab_path, args.spm_model_path,
+                                               args.do_lower_case).vocab_size
+    check_dataset(args.dataset_path, model_cfg)
+    if args.resume_from and args.resume:
+        raise UserError("--resume and --resume_from exclude each other")
+    for flag in ("pretrained_model_path", "resume_from"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise UserError(f"--{flag} {path}: file not found")
+    job = PretrainJob(model_cfg, train_cfg, args.dataset_path, args.batch_size, args.pretrained_model_path,
+                      args.resume_from, args.resume)
+    return job, args
+
+
+def run_process(env, job):
+    """One process's run: build the model, plugins, loader and trainer; load or resume; train."""
+    from tencentpretrain.data.loader import build_loader
+    from tencentpretrain.model_builder import build_model
+    ckpt.seed_everything(job.train_cfg.seed)  # the same initial weights on every rank
+    model = build_model(job.model_cfg)
+    callbacks, claims = plugins.build_plugins(model, job.model_cfg, job.train_cfg)
+    loader = build_loader(job.dataset_path, job.batch_size, env.rank, env.world_size, job.train_cfg.seed)
+    resume_from = job.resume_from
+    if job.resume_latest:
+        resume_from = ckpt.find_latest(job.train_cfg.output_model_path)
+        if resume_from is None and env.is_main:
+            print(f"--resume: no checkpoint {job.train_cfg.output_model_path}[-<step>] with a state file yet; "
+                  f"starting from step 0", flush=True)
+    if job.pretrained_model_path and not resume_from:  # a resume brings its own weights
+        plugins.load_pretrained(model, job.model_cfg, job.pretrained_model_path)
+    trainer = Trainer(model, loader, job.train_cfg, env=env, callbacks=callbacks, claims=claims)
+    if resume_from:
+        trainer.resume(resume_from)
+    return trainer.fit()
+
+
+def main(argv=None):
+    job, args = prepare(argv)
+    distributed.run(_Process(job), args.world_size, args.gpu_ranks, args.master_ip, args.backend)
+
+
+class _Process:
+    """Picklable `fn(env)` for the spawned processes."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def __call__(self, env):
+        run_process(env, self.job)
