@@ -9,6 +9,9 @@ from tencentpretrain.targets.target import Target
 
 
 def build_embedding(cfg, names=None):
+    if names is None and cfg.wid is not None:  # WID: a compactor on the summed embeddings
+        from tencentpretrain.wid.modules import CompactedEmbedding
+        return CompactedEmbedding(cfg, cfg.embedding)
     return Embedding(cfg, names or cfg.embedding)
 
 
@@ -53,4 +56,7 @@ def build_model(cfg):
     model = Model(cfg, embedding, encoder, tgt_embedding, decoder, Target(cfg))
     init_weights(model)
     tie_weights(model, cfg)
+    if cfg.wid is not None:  # identity compactors and the mask groups (tencentpretrain/wid)
+        from tencentpretrain.wid.model import attach_wid
+        attach_wid(model)
     return model
