@@ -1,7 +1,12 @@
 import os
 import sys
 
-import pytest
+# Tiny test models gain nothing from a second thread, and OpenMP threads that outnumber free
+# cores (tests that spawn processes, a busy machine) slow element-wise kernels down many times.
+# Set before torch is imported here or in any subprocess a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

@@ -65,9 +65,18 @@ def init_single():
     return DistEnv(device=_device_for(0))
 
 
+def _share_cpu_threads(procs_on_node):
+    """CPU processes on one node split its cores: OpenMP threads that outnumber the cores spin
+    against each other and make element-wise kernels tens of times slower."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs_on_node))
+
+
 def init_spawned(proc_id, gpu_ranks, world_size, master_ip, backend=None):
     rank = gpu_ranks[proc_id]
     device = _device_for(proc_id)
+    if device.type == "cpu":
+        _share_cpu_threads(len(gpu_ranks))
     backend = _default_backend(backend)
     dist.init_process_group(backend, init_method=master_ip, rank=rank, world_size=world_size,
                             device_id=device if device.type == "cuda" else None)
