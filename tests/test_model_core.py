@@ -216,3 +216,23 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert not (tmp_path / "m.bin.tmp").exists()
+
+
+def test_pretraining_from_a_bare_encoder_starts_new_heads(tmp_path, capsys):
+    from tencentpretrain.training.plugins import load_pretrained
+    cfg = load_model_config(None, dict(TINY, target=["mlm"]))
+    source = build_model(cfg)
+    encoder_only = {k: v for k, v in source.state_dict().items() if not k.startswith("target.")}
+    path = str(tmp_path / "encoder.bin")
+    save_state_dict(encoder_only, path)
+    model = build_model(cfg)
+    report = load_pretrained(model, cfg, path)
+    assert "target.mlm.linear_1.weight" in report.missing
+    assert torch.equal(model.encoder.transformer[0].feed_forward.linear_1.weight,
+                       source.encoder.transformer[0].feed_forward.linear_1.weight)
+    assert "has no pre-training head; target.mlm start from random weights" in capsys.readouterr().out
+    # a checkpoint with only part of a head is still an error
+    partial = dict(encoder_only, **{"target.mlm.linear_1.weight": source.state_dict()["target.mlm.linear_1.weight"]})
+    save_state_dict(partial, path)
+    with pytest.raises(UserError, match="model keys missing from the checkpoint"):
+        load_pretrained(build_model(cfg), cfg, path)

@@ -10,7 +10,7 @@ Today one feature plugs in: a model config with a `wid` block makes these call
 `tencentpretrain.wid.build_wid_plugin(model, model_cfg, train_cfg)` (returning `([callbacks], [claims])`)
 and `tencentpretrain.wid.load_teacher`. A new feature adds its branch here and nothing in the loop.
 """
-from tencentpretrain.model_io import load_model_weights
+from tencentpretrain.model_io import load_model_weights, load_state_dict_file
 
 
 def add_plugin_opts(parser):
@@ -37,5 +37,13 @@ def load_pretrained(model, model_cfg, path):
     if getattr(model_cfg, "wid", None) is not None:
         from tencentpretrain.wid import load_teacher
         return load_teacher(model, path)
-    # A plain model must find every key it has; leftovers (another head) are an error too.
-    return load_model_weights(model, path)
+    # A plain model must find every key it has; leftovers (another head) are an error too. One
+    # exception: a checkpoint with no pre-training head at all (a bare encoder, e.g. a converted
+    # Hugging Face BertModel) starts the heads from their initialisation, and says so.
+    sd = load_state_dict_file(path)
+    if not any(k.startswith("target.") for k in sd):
+        report = load_model_weights(model, sd, allow_missing=("target.",), where=path)
+        new = sorted({".".join(k.split(".")[:2]) for k in report.missing})
+        print(f"note: {path} has no pre-training head; {', '.join(new)} start from random weights", flush=True)
+        return report
+    return load_model_weights(model, sd, where=path)
