@@ -38,7 +38,6 @@ class Registry:
         self._load()
         return name in self._entries
 
-
     def _load(self):
         if self._loaded:
             return
@@ -49,7 +48,7 @@ class Registry:
 
 
 # WID's compactor-bearing components register beside the plain ones.
-EMBEDDINGS = Registry("embedding", ("embeddings", "wid"))
+EMBEDDINGS = Registry("embedding", ("embeddings",))  # WID's embedding compactor is chosen by the builder
 ENCODERS = Registry("encoder", ("encoders", "wid"))
 DECODERS = Registry("decoder", ("decoders",))
 TARGETS = Registry("target", ("targets", "wid"))
