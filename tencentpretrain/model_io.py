@@ -10,6 +10,7 @@ import torch
 
 from tencentpretrain.errors import UserError
 from tencentpretrain.utils.io import atomic_write
+from tencentpretrain.utils.log import info
 
 
 def load_state_dict_file(path):
@@ -99,3 +100,30 @@ def load_model_weights(model, source, allow_missing=(), allow_unexpected=(), whe
     usable = {k: v for k, v in sd.items() if k in own}
     model.load_state_dict(usable, strict=False)
     return report
+
+
+def head_of(key):
+    """`target.<name>` for a key of a pre-training head (`target.<name>.<...>`), else None."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if parts[0] == "target" and len(parts) > 2 else None
+
+
+def drop_unused_heads(model, sd, where="checkpoint", log=info):
+    """`sd` without the keys of pre-training heads the model does not have (e.g. a BERT checkpoint's
+    next-sentence head `target.sp` when training with --target mlm), with a note naming them.
+
+    Only whole heads are dropped: a head the model does have keeps all its keys, so any of them
+    missing or extra is still an error in `load_model_weights`, as is any key outside `target.`.
+    """
+    own = {head_of(k) for k in model.state_dict()}
+    counts = {}
+    for key in sd:
+        head = head_of(key)
+        if head is not None and head not in own:
+            counts[head] = counts.get(head, 0) + 1
+    if not counts:
+        return sd
+    heads = ", ".join(f"{head} ({n} tensors)" for head, n in sorted(counts.items()))
+    log(f"note: {where}: dropped {sum(counts.values())} keys of heads this model does not use: {heads}",
+        flush=True)
+    return {k: v for k, v in sd.items() if head_of(k) not in counts}

@@ -56,6 +56,19 @@ def tokenizer_opts(parser):
     return g
 
 
+def log_opts(parser):
+    """TencentPretrain's logging flags (see tencentpretrain/utils/log.py); returns the group."""
+    from tencentpretrain.utils.log import LEVELS
+    g = parser.add_argument_group("logging")
+    g.add_argument("--log_path", default=None,
+                   help="also write the progress lines and notes to this file (appended; default: none)")
+    g.add_argument("--log_level", choices=LEVELS, default="INFO",
+                   help="terminal verbosity: ERROR < INFO < DEBUG < NOTSET")
+    g.add_argument("--log_file_level", choices=LEVELS, default="INFO",
+                   help="--log_path verbosity: ERROR < INFO < DEBUG < NOTSET")
+    return g
+
+
 def parse_args(parser, argv=None):
     """Parse `argv`; also return the set of option names the user gave explicitly."""
     args = parser.parse_args(argv)

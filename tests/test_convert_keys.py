@@ -178,12 +178,12 @@ def test_unknown_keys_are_an_error_listing_them():
         hf_to_tencentpretrain(hf)
 
 
-def test_export_refuses_tencentpretrain_layernorm_without_force_and_unknown_keys():
+def test_export_rescales_tencentpretrain_layernorm_unless_strict_and_refuses_unknown_keys():
     cfg = load_model_config(None, {**TINY, "layernorm": "normal"})
     sd = build_model(cfg).state_dict()
-    with pytest.raises(UserError, match="--force"):
-        tencentpretrain_to_hf(sd, cfg)
-    hf, hf_cfg, notes = tencentpretrain_to_hf(sd, cfg, force=True)
+    with pytest.raises(UserError, match="--strict_layernorm refuses"):
+        tencentpretrain_to_hf(sd, cfg, strict_layernorm=True)
+    hf, hf_cfg, notes = tencentpretrain_to_hf(sd, cfg)
     assert notes and abs(hf_cfg["layer_norm_eps"] - 1e-12 * (H - 1) / H) < 1e-20
     cfg2 = load_model_config(None, TINY)
     sd2 = build_model(cfg2).state_dict()
@@ -237,18 +237,20 @@ def test_files_and_cli(tmp_path, capsys):
     hf_cfg = json.loads((tmp_path / "back" / "config.json").read_text())
     assert hf_cfg["architectures"] == ["BertForMaskedLM"] and hf_cfg["model_type"] == "bert"
     assert (tmp_path / "back" / "pytorch_model.bin").is_file()
-    # TencentPretrain's LayerNorm needs --force on export; a bad input is `error: ...` and exit status 2.
+    # TencentPretrain's LayerNorm exports by default; --strict_layernorm refuses it with `error: ...`, status 2.
     cfg["layernorm"] = "normal"
     (tmp_path / "normal_config.json").write_text(json.dumps(cfg))
     export = [sys.executable, script("convert_bert_from_tencentpretrain_to_huggingface.py"), "--input_model_path",
               str(out), "--config_path", str(tmp_path / "normal_config.json"),
               "--output_model_path", str(tmp_path / "n")]
-    proc = subprocess.run(export, capture_output=True, text=True)
-    assert proc.returncode == 2 and "error:" in proc.stderr and "--force" in proc.stderr
+    proc = subprocess.run(export + ["--strict_layernorm"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "--strict_layernorm" in proc.stderr
+    assert not (tmp_path / "n").exists()
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        run_cli(export_main, export[2:] + ["--force"])
-    assert exit_.value.code == 0 and "warning:" in capsys.readouterr().out
+        run_cli(export_main, export[2:])
+    printed = capsys.readouterr().out
+    assert exit_.value.code == 0 and "warning:" in printed and "layernorm deviation: max abs difference" in printed
     assert (tmp_path / "n" / "config.json").is_file()
     bad = tmp_path / "bad.bin"
     torch.save({**hf, "foo.weight": torch.zeros(1)}, bad)

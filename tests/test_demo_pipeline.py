@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import time
 
 import pytest
@@ -53,6 +54,11 @@ def test_micro_pipeline_runs_every_stage_and_reports(micro):
     assert widths["FFN F (mean over layers)"][-1][1] == 96
     student = json.loads(open(demo.path("wid", "student_config.json")).read())
     assert student["hidden_size"] == 24 and student["encoder"] == "transformer"
+    # fine-tuning progress reaches the terminal, not only logs/finetune.log
+    progress = re.findall(r"^  (\w+) lr 0.001 seed (\d): epoch 1/1 step (\d+)/2 loss [0-9.]+ lr \S+ [0-9.]+ examples/s "
+                          r"ETA ", printed, re.M)
+    assert sorted(set(progress)) == [(m, s, "2") for m in ("pruned", "random", "teacher", "wid") for s in "12"]
+    assert open(demo.path("logs", "finetune.log")).read().count("examples/s ETA") == 8
     steps, losses = read_losses(demo.path("logs", "wid.log"))
     assert steps == [2, 4, 6] and all(x > 0 for x in losses)
     if importlib.util.find_spec("matplotlib"):
@@ -89,3 +95,16 @@ def test_preset_overrides_are_checked():
         preset_with("quick", {"adapt_step": 7})
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         preset_with("huge", {})
+
+
+def test_smoke_preset_runs_every_stage_of_the_quick_start_briefly():
+    """CI runs `scripts/quickstart.sh --preset smoke`: the real teacher and the quick start's stages, few steps."""
+    smoke, quick = preset_with("smoke", {}), preset_with("quick", {})
+    assert smoke.teacher == quick.teacher == "minilm"
+    assert (smoke.target_hidden, smoke.target_ffn) == (quick.target_hidden, quick.target_ffn) == (192, 768)
+    assert smoke.baselines is quick.baselines is False and smoke.probe_steps == 0
+    assert smoke.schedule_steps < smoke.wid_steps <= 4 and smoke.adapt_steps <= 2
+    assert smoke.compactor_lr * smoke.l2_lambda >= 1.0  # masked entries are dead at the merge
+    assert smoke.finetune_examples <= 32 and smoke.finetune_report_steps <= 2
+    demo = Demo(smoke, "/nonexistent")
+    assert [name for name, _ in demo.stages()] == [name for name, _ in Demo(quick, "/nonexistent").stages()]

@@ -1,4 +1,5 @@
 """pretrain.py end to end on a tiny vocabulary, corpus and model: saving, resume, DDP, checks."""
+import json
 import os
 import socket
 import subprocess
@@ -44,7 +45,9 @@ def args(data, out, *extra, dataset="bert"):
 def test_pretrain_saves_checkpoints_with_tencentpretrain_keys(data, tmp_path, capsys):
     out = tmp_path / "m.bin"
     main(args(data, out, "--total_steps", "4", "--save_checkpoint_steps", "2"))
-    assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.bin-2", "m.bin-2.state.pt", "m.bin.state.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.bin-2", "m.bin-2.state.pt", "m.bin-4", "m.bin-4.state.pt",
+                                            "m.bin.state.pt", "m_config.json"]
+    assert os.readlink(out) == "m.bin-4" and os.readlink(str(out) + ".state.pt") == "m.bin-4.state.pt"
     sd = torch.load(out, weights_only=True)
     for key in ("embedding.word.embedding.weight", "encoder.transformer.0.self_attn.linear_layers.0.weight",
                 "target.mlm.linear_1.weight", "target.sp.linear_2.bias"):
@@ -53,6 +56,17 @@ def test_pretrain_saves_checkpoints_with_tencentpretrain_keys(data, tmp_path, ca
     logs = capsys.readouterr().out
     assert "| step 2/4 | loss " in logs and "mlm_acc" in logs and "sp_acc" in logs and "tokens/s" in logs
     assert "done: 4 steps" in logs
+    recorded = json.load(open(tmp_path / "m_config.json"))  # beside the weights, for converters and inference
+    assert recorded["hidden_size"] == 32 and recorded["target"] == ["mlm", "sp"]
+
+
+def test_pretrain_never_rewrites_config_path_as_its_recorded_config(data, tmp_path, capsys):
+    cfg = tmp_path / "base_config.json"
+    cfg.write_text(json.dumps({"hidden_size": 32, "layers_num": 1, "heads_num": 2, "feedforward_size": 64}))
+    before = cfg.read_text()
+    main(args(data, tmp_path / "base.bin", "--config_path", str(cfg), "--total_steps", "1"))
+    assert cfg.read_text() == before and (tmp_path / "base.bin").exists()
+    assert "is --config_path, so it is left as it is" in capsys.readouterr().out
 
 
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(data, tmp_path, capsys):
@@ -60,7 +74,8 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(data, tmp_path,
     main(args(data, full, "--total_steps", "4", "--save_checkpoint_steps", "2", "--accumulation_steps", "2"))
     cut = tmp_path / "cut" / "m.bin"
     main(args(data, cut, "--total_steps", "4", "--save_checkpoint_steps", "2", "--accumulation_steps", "2"))
-    os.remove(cut), os.remove(str(cut) + ".state.pt")  # as if killed after step 2's checkpoint
+    for name in (cut, f"{cut}-4"):  # as if killed after step 2's checkpoint
+        os.remove(name), os.remove(f"{name}.state.pt")
     main(args(data, cut, "--total_steps", "4", "--save_checkpoint_steps", "2", "--accumulation_steps", "2",
               "--resume"))
     logs = capsys.readouterr().out

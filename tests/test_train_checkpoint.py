@@ -130,7 +130,8 @@ def test_failure_during_save_leaves_previous_checkpoint_intact(tmp_path, monkeyp
     _fail_writes_after(monkeypatch, n_ok)
     with pytest.raises(OSError, match="No space left"):
         trainer.save(out)
-    assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.bin.state.pt"]  # no temporary files left
+    # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.bin-2", "m.bin-2.state.pt", "m.bin.state.pt"]
     for name, data in before.items():
         assert open(tmp_path / name, "rb").read() == data, name
     monkeypatch.undo()
@@ -149,9 +150,10 @@ def test_find_latest_prefers_highest_step_with_state(tmp_path):
     out = str(tmp_path / "m.bin")
     assert ckpt.find_latest(out) is None
     make_trainer(out, [], total_steps=4, save_checkpoint_steps=1).fit()
-    assert ckpt.find_latest(out) == out  # the final pair (step 4) is the most advanced
-    os.remove(out + ".state.pt")
-    os.remove(out + "-3.state.pt")  # a model file whose state never got written does not count
+    assert ckpt.find_latest(out) == out + "-4"  # the final pair links to it: same step, the step name wins
+    os.remove(out + "-4.state.pt")  # a model file whose state never got written does not count,
+    assert ckpt.find_latest(out) == out + "-3"  # nor a final pair whose state link now dangles
+    os.remove(out + "-3.state.pt")
     assert ckpt.find_latest(out) == out + "-2"
 
 

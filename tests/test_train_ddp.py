@@ -64,3 +64,28 @@ def test_spawn_arguments_are_checked():
         distributed.run(print, world_size=2, gpu_ranks=[0, 2])
     with pytest.raises(UserError, match="tcp://host:port"):
         distributed.run(print, world_size=2, gpu_ranks=[0, 1], master_ip="localhost:1234")
+
+
+def _exit_handler_then(env, out, fail_rank=None):
+    import atexit
+    atexit.register(lambda: open(os.path.join(out, f"atexit-{env.rank}"), "w").close())
+    print(f"rank {env.rank} unflushed", end="")  # written out by the exit path, not lost with os._exit
+    if env.rank == fail_rank:
+        from tencentpretrain.errors import UserError
+        raise UserError("bad input on one rank")
+
+
+def test_spawned_processes_exit_cleanly(tmp_path, capfd):
+    """Spawned processes end through distributed._exit_process: exit handlers run, output is flushed,
+    and a UserError on one rank becomes exit status 2 of the whole run with its message printed."""
+    distributed.run(functools.partial(_exit_handler_then, out=str(tmp_path)), world_size=2, gpu_ranks=[0, 1],
+                    master_ip=f"tcp://127.0.0.1:{free_port()}")
+    assert sorted(os.listdir(tmp_path)) == ["atexit-0", "atexit-1"]
+    out = capfd.readouterr().out
+    assert "rank 0 unflushed" in out and "rank 1 unflushed" in out
+
+    with pytest.raises(SystemExit) as exc:
+        distributed.run(functools.partial(_exit_handler_then, out=str(tmp_path), fail_rank=1), world_size=2,
+                        gpu_ranks=[0, 1], master_ip=f"tcp://127.0.0.1:{free_port()}")
+    assert exc.value.code == 2
+    assert "error (rank 1): bad input on one rank" in capfd.readouterr().err

@@ -75,7 +75,7 @@ def test_callbacks_run_in_order_with_step_numbers(tmp_path):
         ("a", "extra_loss"), ("b", "extra_loss"), ("a", "after_backward"), ("b", "after_backward"),
         ("a", "step_end", 1), ("b", "step_end", 1), ("a", "save", "m.bin-1"), ("b", "save", "m.bin-1"),
         ("a", "extra_loss"), ("b", "extra_loss"), ("a", "after_backward"), ("b", "after_backward"),
-        ("a", "step_end", 2), ("b", "step_end", 2), ("a", "save", "m.bin"), ("b", "save", "m.bin"),
+        ("a", "step_end", 2), ("b", "step_end", 2), ("a", "save", "m.bin-2"), ("b", "save", "m.bin-2"),
         ("a", "end"), ("b", "end")]
 
 

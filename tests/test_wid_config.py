@@ -70,8 +70,9 @@ def test_cli_overrides():
     with pytest.raises(UserError, match="command line.*Nearest reachable: 120 or 132"):
         apply_wid_overrides(cfg, parser.parse_args(["--target_dim", "128", "--compactor_mask_strategy", "dim"]))
     plain = load_model_config(os.path.join(models_dir(), "bert", "base_config.json"), {"vocab_size": 10})
-    with pytest.raises(UserError, match="--w_step need a WID model config"):
+    with pytest.raises(UserError, match="--w_step turn WID on, which needs --target_dim .*e.g. --target_dim 384"):
         apply_wid_overrides(plain, parser.parse_args(["--w_step", "5"]))
+    assert plain.wid is None and plain.encoder == "transformer"
     apply_wid_overrides(plain, parser.parse_args([]))  # no flag: nothing to do
 
 

@@ -107,7 +107,7 @@ def _layernorm_keys(sd):
 
 
 def rescale_layernorm(sd, to):
-    """Move an our-keyed state dict between the LayerNorm conventions; returns the factor used.
+    """Move an our-keyed state dict between the LayerNorm conventions (in place); returns it.
 
     "normal" computes g * (x - m) / (std_unbiased + eps) and std_unbiased = std * sqrt(n / (n - 1)),
     so g * sqrt((n - 1) / n) under nn.LayerNorm semantics gives the same output except for where
@@ -289,7 +289,7 @@ def config_from_hf(hf_cfg, report, layernorm="normal_torch", where="config.json"
 
 
 # ---- ours -> Hugging Face ---------------------------------------------------------------------
-def _check_exportable(cfg, force):
+def _check_exportable(cfg, strict_layernorm=False):
     if cfg.wid is not None or cfg.encoder.startswith("wid") or any(t.startswith("wid") for t in cfg.target):
         raise UserError("this is a WID training config (compactors and masks): merge the checkpoint first "
                         "with scripts/merge_compactors.py, then export the student with its config")
@@ -311,18 +311,21 @@ def _check_exportable(cfg, force):
         problems.append(f"hidden_act '{cfg.hidden_act}' has no HF name")
     if problems:
         raise UserError("this model cannot be written as a Hugging Face BERT: " + "; ".join(problems))
-    if cfg.layernorm == "normal" and not force:
+    if cfg.layernorm == "normal" and strict_layernorm:
         raise UserError(
             "this model uses TencentPretrain's LayerNorm (layernorm 'normal': unbiased std, eps outside "
-            "the square root); HF BERT uses nn.LayerNorm. Pass --force to export anyway: the LayerNorm "
-            "gains are rescaled by sqrt((n-1)/n) so the only remaining difference is where eps sits "
-            "(outputs differ by about eps/std, ~1e-6 relative). Models trained with layernorm "
-            "'normal_torch' export exactly.")
+            "the square root); HF BERT uses nn.LayerNorm, and --strict_layernorm refuses the export. "
+            "Leave out --strict_layernorm to export it with the LayerNorm gains rescaled by sqrt((n-1)/n) "
+            "(the measured difference is printed); models trained with layernorm 'normal_torch' export exactly.")
 
 
-def tencentpretrain_to_hf(sd, cfg, architecture=None, force=False, where="checkpoint"):
-    """Our state dict + ModelConfig -> (HF state dict with canonical prefixes, HF config dict, notes)."""
-    _check_exportable(cfg, force)
+def tencentpretrain_to_hf(sd, cfg, architecture=None, strict_layernorm=False, where="checkpoint"):
+    """Our state dict + ModelConfig -> (HF state dict with canonical prefixes, HF config dict, notes).
+
+    A model with TencentPretrain's LayerNorm ('normal') is written with its gains rescaled (see
+    `rescale_layernorm`) unless `strict_layernorm`, which refuses it instead.
+    """
+    _check_exportable(cfg, strict_layernorm)
     notes = []
     heads = [h for h, p in (("mlm", "target.mlm."), ("sp", "target.sp."), ("classifier", "output_layer_2."),
                             ("qa", "output_layer.")) if any(k.startswith(p) for k in sd)]
@@ -365,8 +368,8 @@ def tencentpretrain_to_hf(sd, cfg, architecture=None, force=False, where="checkp
         sd = rescale_layernorm(dict(sd), "normal_torch")
         eps = eps_between(cfg.eps, cfg.hidden_size, "normal_torch")
         notes.append("warning: TencentPretrain's LayerNorm ('normal') exported as nn.LayerNorm with the "
-                     "gains rescaled by sqrt((n-1)/n); outputs differ from this toolkit's by about eps/std "
-                     "(~1e-6 relative)")
+                     f"gains rescaled by sqrt((n-1)/n) and eps {cfg.eps:g} -> {eps:.3g} (inside the square "
+                     "root); only where eps sits differs")
     tied = True
     if "mlm" in want:
         decoder = sd.get(MLM_DECODER, sd[WORD])

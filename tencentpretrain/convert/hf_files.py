@@ -9,6 +9,9 @@ import os
 import shutil
 
 from tencentpretrain.config import ModelConfig, load_model_config
+from tencentpretrain.convert import layernorm_deviation
+from tencentpretrain.convert.checkpoint_config import (check_layers_num, checkpoint_layers, find_config,
+                                                       infer_config)
 from tencentpretrain.convert.hf_bert import (ARCHITECTURES, config_from_hf, hf_to_tencentpretrain,
                                              tencentpretrain_to_hf)
 from tencentpretrain.errors import UserError
@@ -46,11 +49,39 @@ def read_hf_weights(path):
     raise UserError(f"{path}: no {' or '.join(WEIGHT_FILES)} (or a sharded index) in this folder")
 
 
+# TencentPretrain's --type: which pre-training heads its converters carry over.
+TYPES = {"bert": ["mlm", "sp"], "mlm": ["mlm"]}
+TYPE_ARCHITECTURES = {"bert": "BertForPreTraining", "mlm": "BertForMaskedLM"}
+HEAD_NAMES = {"mlm": "MLM head (cls.predictions.*)", "sp": "next-sentence head (pooler + cls.seq_relationship.*)"}
+
+
+def _check_import_type(tp_type, report, where):
+    """--type bert|mlm converts those heads, as TencentPretrain's script does: they must be there."""
+    missing = [h for h in TYPES[tp_type] if h not in report.heads]
+    if missing:
+        hint = ("--type mlm" if "mlm" in report.heads else
+                f"--target {','.join(TYPES[tp_type])} to start {'it' if len(missing) == 1 else 'them'} from "
+                f"random weights")
+        raise UserError(f"--type {tp_type} converts the {' and the '.join(HEAD_NAMES[h] for h in TYPES[tp_type])}, "
+                        f"but {where} ({report.architecture or 'BertModel'}) has no "
+                        f"{' and no '.join(HEAD_NAMES[h] for h in missing)}; use {hint}")
+
+
 def convert_hf_to_tencentpretrain(input_path, output_model_path, output_config_path=None,
-                                  hf_config_path=None, target=None, layernorm="normal_torch", log=print):
-    """Convert a HF BERT; writes our weights and (when a HF config.json is known) our config json."""
+                                  hf_config_path=None, target=None, layernorm="normal_torch", log=print,
+                                  layers_num=None, tp_type=None):
+    """Convert a HF BERT; writes our weights and (when a HF config.json is known) our config json.
+
+    `layers_num` and `tp_type` are TencentPretrain's --layers_num and --type: checked against the
+    checkpoint (tp_type "bert" keeps the MLM and next-sentence heads, "mlm" the MLM head only).
+    """
+    if tp_type is not None:
+        target = TYPES[tp_type]
     sd, folder = read_hf_weights(input_path)
     ours, report = hf_to_tencentpretrain(sd, where=input_path, target=target, layernorm=layernorm)
+    check_layers_num(layers_num, report.layers_num, input_path)
+    if tp_type is not None:
+        _check_import_type(tp_type, report, input_path)
     hf_config_path = hf_config_path or os.path.join(folder, "config.json")
     config = None
     if os.path.isfile(hf_config_path):
@@ -68,7 +99,7 @@ def convert_hf_to_tencentpretrain(input_path, output_model_path, output_config_p
             json.dump(config, f, indent=2)
             f.write("\n")
         log(f"config -> {output_config_path} (layernorm {layernorm}, eps {config['layernorm_eps']:g}, "
-            f"target {config['target']})")
+            f"target {config['target']}); train with --config_path {output_config_path}")
     else:
         log("no HF config.json beside the weights: no model config written (pass --hf_config_path)")
     for key in report.ignored:
@@ -85,16 +116,47 @@ def _save_safetensors(sd, path):
         f.write(save(sd, metadata={"format": "pt"}))  # transformers checks this tag
 
 
+def _export_config(config_path, input_model_path, sd, log):
+    """The ModelConfig to export with: given, found beside the checkpoint, or inferred (checkpoint_config)."""
+    if isinstance(config_path, ModelConfig):
+        return config_path, "the given config"
+    if config_path is None:
+        config_path, tried = find_config(input_model_path)
+        if config_path is None:
+            cfg, text = infer_config(sd, input_model_path, tried)
+            log(f"note: {text}")
+            return cfg, "the inferred config"
+        log(f"config: {config_path} (found beside the checkpoint)")
+    return load_model_config(config_path), config_path
+
+
 def convert_tencentpretrain_to_hf(input_model_path, config_path, output_path, architecture=None,
-                                  fmt=None, force=False, vocab_path=None, log=print):
-    """Export ours to a HF folder (config.json + weights [+ vocab.txt]) or a single weights file."""
-    cfg = config_path if isinstance(config_path, ModelConfig) else load_model_config(config_path)
+                                  fmt=None, strict_layernorm=False, vocab_path=None, log=print,
+                                  layers_num=None, tp_type=None):
+    """Export ours to a HF folder (config.json + weights [+ vocab.txt]) or a single weights file.
+
+    `config_path` None: found beside the checkpoint or inferred (see checkpoint_config). A model with
+    TencentPretrain's LayerNorm is exported with rescaled gains and the measured deviation is logged,
+    unless `strict_layernorm` refuses it. `layers_num`/`tp_type` are TencentPretrain's --layers_num
+    and --type (bert: BertForPreTraining, mlm: BertForMaskedLM), checked against the checkpoint.
+    """
     sd = load_state_dict_file(input_model_path)
+    cfg, cfg_where = _export_config(config_path, input_model_path, sd, log)
     if cfg.vocab_size is None:
         cfg.vocab_size = sd["embedding.word.embedding.weight"].shape[0]
-    hf_sd, hf_cfg, notes = tencentpretrain_to_hf(sd, cfg, architecture, force, where=input_model_path)
+    check_layers_num(layers_num, checkpoint_layers(sd), input_model_path, cfg.layers_num, cfg_where)
+    if tp_type is not None:
+        architecture = TYPE_ARCHITECTURES[tp_type]
+        missing = [h for h in TYPES[tp_type] if not any(k.startswith(f"target.{h}.") for k in sd)]
+        if missing:
+            raise UserError(f"--type {tp_type} writes the {' and the '.join(f'target.{h}.*' for h in TYPES[tp_type])} "
+                            f"heads, but {input_model_path} has no {' and no '.join(f'target.{h}.*' for h in missing)}"
+                            + ("; use --type mlm" if tp_type == "bert" and "mlm" not in missing else ""))
+    hf_sd, hf_cfg, notes = tencentpretrain_to_hf(sd, cfg, architecture, strict_layernorm, where=input_model_path)
     for note in notes:
         log(note if note.startswith("warning:") else f"note: {note}")
+    if cfg.layernorm == "normal":
+        log(layernorm_deviation.measure(sd, cfg).describe())
     single = output_path.endswith((".bin", ".safetensors"))
     if single:
         weights = output_path
@@ -133,40 +195,65 @@ def _targets(text):
     return names
 
 
+LAYERS_HELP = ("TencentPretrain's flag: the number of encoder layers, checked against the checkpoint "
+               "(and the config); default: read from the checkpoint")
+
+
 def import_main(argv=None):
     p = argparse.ArgumentParser(description="Convert a Hugging Face BERT (folder or .bin/.safetensors "
-                                            "file) to this toolkit's keys and config.")
+                                            "file) to this toolkit's keys and config. Takes TencentPretrain's "
+                                            "flags (--layers_num, --type) with their meaning.")
     p.add_argument("--input_model_path", required=True, help="HF model folder or weights file")
     p.add_argument("--output_model_path", required=True, help="our weights (.bin or .safetensors)")
     p.add_argument("--output_config_path", help="our model config json "
                                                 "(default: <output_model_path stem>_config.json)")
     p.add_argument("--hf_config_path", help="HF config.json (default: the one beside the weights)")
-    p.add_argument("--target", help="pre-training heads to keep, e.g. mlm or mlm,sp "
-                                    "(default: those present; mlm for a bare encoder)")
+    p.add_argument("--layers_num", type=int, help=LAYERS_HELP)
+    heads = p.add_mutually_exclusive_group()
+    heads.add_argument("--type", choices=list(TYPES),
+                       help="TencentPretrain's flag: bert converts the MLM and next-sentence heads (pooler -> "
+                            "target.sp.linear_1, cls.seq_relationship -> target.sp.linear_2), mlm the MLM head "
+                            "only (pooler and NSP head left out); the checkpoint must have them")
+    heads.add_argument("--target", help="pre-training heads to keep, e.g. mlm or mlm,sp; a head the checkpoint "
+                                        "lacks starts from random weights (default: those present; mlm for a "
+                                        "bare encoder)")
     p.add_argument("--layernorm", choices=("normal_torch", "normal"), default="normal_torch",
                    help="normal_torch reproduces HF exactly; normal (TencentPretrain's) rescales the "
                         "gains and matches to ~1e-6")
     a = p.parse_args(argv)
     convert_hf_to_tencentpretrain(a.input_model_path, a.output_model_path, a.output_config_path,
-                                  a.hf_config_path, _targets(a.target) if a.target else None, a.layernorm)
+                                  a.hf_config_path, _targets(a.target) if a.target else None, a.layernorm,
+                                  layers_num=a.layers_num, tp_type=a.type)
 
 
 def export_main(argv=None):
     p = argparse.ArgumentParser(description="Convert this toolkit's BERT to a Hugging Face folder "
-                                            "(config.json + weights) or a single weights file.")
+                                            "(config.json + weights) or a single weights file. Takes "
+                                            "TencentPretrain's flags (--layers_num, --type) with their meaning.")
     p.add_argument("--input_model_path", required=True)
-    p.add_argument("--config_path", required=True, help="our model config json")
+    p.add_argument("--config_path", help="our model config json (default: <model stem>_config.json beside the "
+                                         "checkpoint, then the same for <output_model_path> of a "
+                                         "<output_model_path>-<step> checkpoint; if none exists, inferred from "
+                                         "the weights' shapes with TencentPretrain's defaults, and printed)")
     p.add_argument("--output_model_path", required=True,
                    help="a folder, or a file ending in .bin/.safetensors (weights only)")
-    p.add_argument("--architecture", choices=list(ARCHITECTURES),
-                   help="default: from the heads present (e.g. mlm+sp -> BertForPreTraining)")
+    p.add_argument("--layers_num", type=int, help=LAYERS_HELP)
+    heads = p.add_mutually_exclusive_group()
+    heads.add_argument("--type", choices=list(TYPES),
+                       help="TencentPretrain's flag: bert writes the MLM and next-sentence heads "
+                            "(BertForPreTraining), mlm the MLM head only (BertForMaskedLM)")
+    heads.add_argument("--architecture", choices=list(ARCHITECTURES),
+                       help="default: from the heads present (e.g. mlm+sp -> BertForPreTraining)")
     p.add_argument("--format", choices=("safetensors", "bin"), help="weights format in a folder "
                                                                   "(default: safetensors when installed)")
     p.add_argument("--vocab_path", help="copy this vocabulary into the folder as vocab.txt")
-    p.add_argument("--force", action="store_true",
-                   help="export a model with TencentPretrain's LayerNorm ('normal'); outputs then "
-                        "differ from ours by ~1e-6 relative")
+    p.add_argument("--strict_layernorm", action="store_true",
+                   help="refuse a model with TencentPretrain's LayerNorm (layernorm 'normal'). By default it "
+                        "is exported as nn.LayerNorm with the gains rescaled by sqrt((n-1)/n), and the "
+                        "measured difference from the Hugging Face model is printed")
+    p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)  # was needed for 'normal' models
     a = p.parse_args(argv)
     from tencentpretrain.resources import resolve
     convert_tencentpretrain_to_hf(a.input_model_path, resolve(a.config_path), a.output_model_path,
-                                  a.architecture, a.format, a.force, resolve(a.vocab_path))
+                                  a.architecture, a.format, a.strict_layernorm, resolve(a.vocab_path),
+                                  layers_num=a.layers_num, tp_type=a.type)

@@ -164,6 +164,18 @@ def masks_to_buffers(masks, sd, strategy="dim", head_size=64, where="mask file")
     return out
 
 
+def check_against_config(sd, config_path, where):
+    """UserError unless the converted checkpoint has the config's layer count and embedding size."""
+    from tencentpretrain.config import load_model_config
+    from tencentpretrain.convert.checkpoint_config import WORD, check_layers_num, checkpoint_layers
+    from tencentpretrain.resources import resolve
+    cfg = load_model_config(resolve(config_path))
+    check_layers_num(None, checkpoint_layers(sd), where, cfg.layers_num, config_path)
+    if WORD in sd and sd[WORD].shape[1] != cfg.emb_size:
+        raise UserError(f"{config_path} says emb_size {cfg.emb_size}, but {where}'s word table has width "
+                        f"{sd[WORD].shape[1]}; pass the --config_path the model was trained with")
+
+
 def old_to_new_main(argv=None):
     import argparse
 
@@ -178,8 +190,13 @@ def old_to_new_main(argv=None):
     p.add_argument("--compactor_mask_strategy", choices=("dim", "head"), default="dim",
                    help="the reference run's strategy ('head' logs head indices for S and A)")
     p.add_argument("--head_size", type=int, default=64, help="the reference hard-codes 64")
+    p.add_argument("--config_path", help="TencentPretrain's flag (the model's config). Keys are recognised "
+                                         "by name here, so it is only checked against the result: layers_num "
+                                         "and emb_size must match")
     a = p.parse_args(argv)
     sd, renamed = convert_old_to_new(load_state_dict_file(a.input_model_path), where=a.input_model_path)
+    if a.config_path:
+        check_against_config(sd, a.config_path, a.input_model_path)
     masks = {}
     if a.mask_path:
         masks = masks_to_buffers(read_reference_masks(a.mask_path, a.mask_step), sd,

@@ -222,7 +222,8 @@ def read_header(path):
         start = f.read(16)
         if len(start) < 16 or start[:8] != MAGIC:
             raise UserError(f"{path} is not a dataset written by this toolkit's preprocess.py (bad magic "
-                            "bytes); re-run preprocess.py (old pickle datasets are not supported)")
+                            "bytes); re-run preprocess.py, or convert a TencentPretrain dataset.pt with "
+                            "scripts/convert_dataset_from_tencentpretrain.py (it is never unpickled as is)")
         (n,) = struct.unpack("<Q", start[8:])
         if n > size - 16:
             raise UserError(f"{path}: truncated dataset file (header runs past the end); re-run preprocess.py")

@@ -6,7 +6,7 @@ import os
 from tencentpretrain.errors import UserError
 from tencentpretrain.opts import model_config_from_args, model_opts, tokenizer_opts
 from tencentpretrain.tasks import metrics as M
-from tencentpretrain.tasks.engine import RunConfig, fit, pick_device
+from tencentpretrain.tasks.engine import RunConfig, fit, pick_device, set_seed
 from tencentpretrain.utils.io import atomic_write
 
 
@@ -53,6 +53,15 @@ def _infer_opts(parser, seq_length):
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--device", default=None)
     return g
+
+
+def _pooling_opt(parser):
+    """TencentPretrain's --pooling; not given = the config's "pooling" (default first)."""
+    from tencentpretrain.tasks.heads import POOLINGS
+    parser.add_argument("--pooling", choices=POOLINGS, default=argparse.SUPPRESS,
+                        help="sentence vector for the head: first ([CLS]), mean / max over the non-padding "
+                             "tokens, or last (the last non-padding token); default: the config's, else first. "
+                             "Recorded in the model config written beside the fine-tuned model")
 
 
 def _check_run(args):
@@ -104,8 +113,10 @@ def _sequence_main(argv, regression):
     choices = M.REGRESSION_METRICS if regression else M.CLASSIFICATION_METRICS
     parser.add_argument("--metric", choices=choices, default=choices[0],
                         help="dev metric that picks the best epoch (CoLA: mcc, MRPC/QQP: f1, STS-B: pearson)")
+    _pooling_opt(parser)
     args = parser.parse_args(argv)
     run = _run_config(args)
+    set_seed(run.seed)  # before the head is initialised: same --seed, same model
     tokenizer = _tokenizer(args)
     train = read_tsv(args.train_path, kind)
     devs = [(p, read_tsv(p, kind)) for p in args.dev_path or []]
@@ -118,7 +129,10 @@ def _sequence_main(argv, regression):
             check_labels(examples, labels_num, path)
         _log(f"{labels_num} labels")
     cfg = _model_config(args, tokenizer)
+    cfg.labels_num = labels_num
+    _log(f"pooling: {cfg.pooling}")
     model = build_task_model(cfg, "classifier", labels_num, args.pretrained_model_path, log=_log)
+    _save_config_beside(cfg, args)
     task = SequenceTask(regression, args.metric)
     dev_sets = [(_name(p), encode(ex, tokenizer, args.seq_length, regression)) for p, ex in devs]
     result = fit(model, task, encode(train, tokenizer, args.seq_length, regression), dev_sets, run,
@@ -145,6 +159,61 @@ def regression_main(argv=None):
     return 0
 
 
+# ---------------------------------------------------------------- the config beside a fine-tuned model
+def config_beside(model_path):
+    """`models/x.bin` -> `models/x_config.json`: where fine-tuning records the model config."""
+    from tencentpretrain.config import config_path_beside
+    return config_path_beside(model_path)
+
+
+def _save_config_beside(cfg, args):
+    """Record the config (pooling and labels_num included) so inference rebuilds the same model."""
+    path = config_beside(args.output_model_path)
+    if args.config_path and os.path.abspath(path) == os.path.abspath(args.config_path):
+        raise UserError(f"--output_model_path {args.output_model_path} would overwrite --config_path {path} with "
+                        "the fine-tuned model's config; choose another --output_model_path")
+    cfg.save(path)
+    _log(f"model config written to {path}")
+
+
+def _infer_config(args, tokenizer):
+    """The model config for inference: --config_path, else the one fine-tuning wrote beside the model."""
+    beside = config_beside(args.load_model_path)
+    if args.config_path is None and os.path.isfile(beside):
+        args.config_path = beside
+        _log(f"model config: {beside} (written beside the model by fine-tuning)")
+    return _model_config(args, tokenizer)
+
+
+def _use_recorded_pooling(args, cfg):
+    """Pool as in fine-tuning: the pooling recorded beside the model wins; asking for another is an error.
+
+    A model without a record (fine-tuned by TencentPretrain, say) pools as --pooling or the
+    config say, default first, as in TencentPretrain.
+    """
+    from tencentpretrain.config import read_config_file
+    from tencentpretrain.tasks.heads import POOLINGS
+    beside = config_beside(args.load_model_path)
+    recorded = read_config_file(beside).get("pooling", "first") if os.path.isfile(beside) else None
+    asked = None
+    if "pooling" in vars(args):
+        asked = (args.pooling, "--pooling")
+    elif args.config_path and os.path.abspath(args.config_path) != os.path.abspath(beside):
+        value = read_config_file(args.config_path).get("pooling")
+        asked = (value, f"\"pooling\" in {args.config_path}") if value is not None else None
+    if recorded is None:
+        where = asked[1] if asked else "the default"
+        _log(f"pooling: {cfg.pooling} (from {where}; no {beside} records the fine-tuning pooling)")
+        return
+    if recorded not in POOLINGS:
+        raise UserError(f"{beside}: key 'pooling' is '{recorded}'; choose one of: {', '.join(POOLINGS)}")
+    if asked and asked[0] != recorded:
+        raise UserError(f"{args.load_model_path} was fine-tuned with pooling '{recorded}' (recorded in {beside}), "
+                        f"but {asked[1]} asks for '{asked[0]}'; drop it or pass --pooling {recorded}")
+    cfg.pooling = recorded
+    _log(f"pooling: {recorded} (recorded in {beside})")
+
+
 def _load_finetuned(args, cfg, head):
     """A task model from a fine-tuned checkpoint; the label count is read from the weights."""
     from tencentpretrain.model_io import load_model_weights, load_state_dict_file
@@ -154,7 +223,9 @@ def _load_finetuned(args, cfg, head):
         if "output_layer_2.weight" not in sd:
             raise UserError(f"{args.load_model_path} has no classifier head (output_layer_2.*); pass a model "
                             "written by finetune/run_classifier.py or run_regression.py")
-        model = Classifier(cfg, sd["output_layer_2.weight"].shape[0])
+        labels_num = sd["output_layer_2.weight"].shape[0]
+        _check_labels_num(args, cfg, labels_num)
+        model = Classifier(cfg, labels_num)
     else:
         if "output_layer.weight" not in sd:
             raise UserError(f"{args.load_model_path} has no span head (output_layer.*); pass a model "
@@ -164,23 +235,54 @@ def _load_finetuned(args, cfg, head):
     return model
 
 
-def classifier_infer_main(argv=None):
+def _check_labels_num(args, cfg, labels_num):
+    """--labels_num (or the config's labels_num) must match the head; omitted, the head decides."""
+    if cfg.labels_num is None or cfg.labels_num == labels_num:
+        return
+    asked = "--labels_num" if "labels_num" in vars(args) else f"labels_num in {args.config_path}"
+    raise UserError(f"{args.load_model_path} has {labels_num} labels (output_layer_2 has {labels_num} rows), "
+                    f"but {asked} asks for {cfg.labels_num}; pass --labels_num {labels_num}, leave it out, "
+                    f"or load a model fine-tuned with {cfg.labels_num} labels")
+
+
+def _sequence_infer(args, regression_only=False):
+    """Predictions for args.test_path: (examples, predictions, logits, note on the file's own labels)."""
     from tencentpretrain.tasks.classification import SequenceTask, encode
     from tencentpretrain.tasks.readers import read_tsv
-    parser = _parser("Predict labels (or scores) for a TSV file with a fine-tuned classifier/regression model.")
-    _infer_opts(parser, seq_length=128)
-    parser.add_argument("--output_logits", action="store_true", help="add a 'logits' column")
-    parser.add_argument("--output_prob", action="store_true", help="add a 'prob' column (softmax)")
-    args = parser.parse_args(argv)
     run = _run_config(args)
     tokenizer = _tokenizer(args)
-    cfg = _model_config(args, tokenizer)
+    cfg = _infer_config(args, tokenizer)
+    _use_recorded_pooling(args, cfg)
     model = _load_finetuned(args, cfg, "classifier").to(run.device)
     regression = model.labels_num == 1
+    if regression_only and not regression:
+        raise UserError(f"{args.load_model_path} is a classifier with {model.labels_num} labels, not a regression "
+                        "model (one output); use inference/run_classifier_infer.py")
     examples = read_tsv(args.test_path, "regression" if regression else "classification", require_label=False)
     task = SequenceTask(regression)
     tensors = encode(examples, tokenizer, args.seq_length, regression)
     preds, logits = task.predict(model, tensors, run)
+    note = ""
+    if "label" in tensors:
+        scores = task.evaluate(model, tensors, run)
+        note = " (" + " ".join(f"{k} {v:.4f}" for k, v in scores.items()) + " against the file's labels)"
+    return examples, preds, logits, note
+
+
+def _infer_parser(description):
+    parser = _parser(description)
+    _infer_opts(parser, seq_length=128)
+    _pooling_opt(parser)
+    return parser
+
+
+def classifier_infer_main(argv=None):
+    parser = _infer_parser("Predict labels (or scores) for a TSV file with a fine-tuned classifier/regression model.")
+    parser.add_argument("--output_logits", action="store_true", help="add a 'logits' column")
+    parser.add_argument("--output_prob", action="store_true", help="add a 'prob' column (softmax)")
+    args = parser.parse_args(argv)
+    examples, preds, logits, note = _sequence_infer(args)
+    regression = logits.shape[-1] == 1
     header = ["label"] + (["logits"] if args.output_logits else []) + (["prob"] if args.output_prob else [])
     probs = logits.softmax(-1)
     with atomic_write(args.prediction_path, "w", encoding="utf-8", newline="\n") as f:
@@ -192,10 +294,19 @@ def classifier_infer_main(argv=None):
             if args.output_prob:
                 row.append(" ".join(f"{x:.6g}" for x in probs[i].tolist()))
             f.write("\t".join(row) + "\n")
-    note = ""
-    if "label" in tensors:
-        scores = task.evaluate(model, tensors, run)
-        note = " (" + " ".join(f"{k} {v:.4f}" for k, v in scores.items()) + " against the file's labels)"
+    _log(f"{len(examples)} predictions written to {args.prediction_path}{note}")
+    return 0
+
+
+def regression_infer_main(argv=None):
+    """TencentPretrain's output: a 'label' header, then one score per line at full float32 precision."""
+    parser = _infer_parser("Predict scores for a TSV file with a model from finetune/run_regression.py.")
+    args = parser.parse_args(argv)
+    examples, preds, _, note = _sequence_infer(args, regression_only=True)
+    with atomic_write(args.prediction_path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("label\n")
+        for score in preds.tolist():
+            f.write(f"{score!r}\n")
     _log(f"{len(examples)} predictions written to {args.prediction_path}{note}")
     return 0
 
@@ -226,12 +337,14 @@ def squad_main(argv=None):
     args = parser.parse_args(argv)
     _check_squad(args)
     run = _run_config(args)
+    set_seed(run.seed)  # before the head is initialised: same --seed, same model
     tokenizer = _tokenizer(args)
     cfg = _model_config(args, tokenizer)
     opts = (tokenizer, args.seq_length, args.doc_stride, args.max_query_length)
     train = load_squad_data(args.train_path, *opts, training=True, log=_log)
     devs = [(_name(p), load_squad_data(p, *opts, training=False, log=_log)) for p in args.dev_path or []]
     model = build_task_model(cfg, "span", pretrained_model_path=args.pretrained_model_path, log=_log)
+    _save_config_beside(cfg, args)
     task = SquadTask(args.n_best_size, args.max_answer_length, args.null_score_diff_threshold)
     result = fit(model, task, train.tensors, devs, run, args.output_model_path, log=_log)
     if args.test_path:
@@ -256,7 +369,7 @@ def squad_infer_main(argv=None):
     _check_squad(args)
     run = _run_config(args)
     tokenizer = _tokenizer(args)
-    cfg = _model_config(args, tokenizer)
+    cfg = _infer_config(args, tokenizer)
     model = _load_finetuned(args, cfg, "span").to(run.device)
     data = load_squad_data(args.test_path, tokenizer, args.seq_length, args.doc_stride, args.max_query_length,
                            training=False, log=_log)

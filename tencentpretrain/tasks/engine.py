@@ -85,6 +85,10 @@ def fit(model, task, train_tensors, dev_sets, run, output_model_path=None, log=p
     The first dev set's first metric picks the best epoch; its weights are written to
     output_model_path (and kept in `model` on return). With no dev set the last epoch is kept.
     Returns {"best_epoch", "best": metrics of the best epoch, "history": [...]}.
+
+    Reproducible on CPU: dropout draws from the global RNG, re-seeded here with run.seed, and
+    the shuffling from its own generator seeded with run.seed. Build the model after
+    set_seed(run.seed) too, so that its new head starts the same way (as the CLIs do).
     """
     set_seed(run.seed)
     model.to(run.device)

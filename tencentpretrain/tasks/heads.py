@@ -3,6 +3,10 @@
 Key names are TencentPretrain's: `embedding.*`, `encoder.*`, then `output_layer_1.*`
 (pooler on the first token) and `output_layer_2.*` for classification/regression, or
 `output_layer.*` (hidden -> start/end logits) for span extraction.
+
+The classifier's `pooling` (TencentPretrain's `--pooling`) picks the sentence vector that
+`output_layer_1` sees; it has no weights, so fine-tuning records it in the model config
+written beside the model (see tasks/cli.py) and inference reads it from there.
 """
 import torch
 import torch.nn as nn
@@ -11,12 +15,38 @@ from tencentpretrain.model_builder import build_embedding, build_encoder, init_w
 from tencentpretrain.model_io import load_model_weights
 
 
+POOLINGS = ("first", "mean", "max", "last")
+
+
+def pool(hidden, seg, kind):
+    """One vector per sequence from hidden [B, L, H], with seg [B, L] (0 = padding).
+
+    first: position 0 ([CLS]); mean / max: over the non-padding positions; last: the last
+    non-padding position. Unlike TencentPretrain, segment B counts once in `mean` and `max`
+    (TencentPretrain multiplies by the segment id, 2 for B).
+    """
+    if kind == "first":
+        return hidden[:, 0]
+    keep = seg > 0
+    if kind == "mean":
+        weights = keep.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    if kind == "max":
+        return hidden.masked_fill(~keep.unsqueeze(-1), torch.finfo(hidden.dtype).min).max(1).values
+    if kind == "last":
+        positions = torch.arange(seg.shape[1], device=seg.device).expand_as(seg)
+        last = (positions * keep).max(1).values
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling '{kind}'; choose one of: {', '.join(POOLINGS)}")
+
+
 class Classifier(nn.Module):
-    """[CLS] hidden -> tanh(dense) -> labels_num logits; labels_num 1 is regression."""
+    """Pooled hidden (cfg.pooling) -> tanh(dense) -> labels_num logits; labels_num 1 is regression."""
 
     def __init__(self, cfg, labels_num):
         super().__init__()
         self.labels_num = labels_num
+        self.pooling = cfg.pooling
         self.embedding = build_embedding(cfg)
         self.encoder = build_encoder(cfg)
         self.output_layer_1 = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -25,7 +55,7 @@ class Classifier(nn.Module):
 
     def forward(self, src, seg):
         hidden = self.encoder(self.embedding(src, seg), seg)
-        pooled = torch.tanh(self.output_layer_1(hidden[:, 0]))
+        pooled = torch.tanh(self.output_layer_1(pool(hidden, seg, self.pooling)))
         return self.output_layer_2(self.dropout(pooled))
 
 
@@ -56,9 +86,10 @@ def build_task_model(cfg, head, labels_num=None, pretrained_model_path=None, log
 
     A pre-training checkpoint may lack the task head (`output_layer*`) and may carry the
     pre-training targets (`target.*`); any other difference is an error. A fine-tuned
-    checkpoint of the same task loads completely.
+    checkpoint of the same task loads completely. `head` is "classifier", "span", or a task
+    model built elsewhere with the same embedding/encoder/output_layer* keys (ner.Tagger).
     """
-    model = Classifier(cfg, labels_num) if head == "classifier" else SpanQA(cfg)
+    model = Classifier(cfg, labels_num) if head == "classifier" else SpanQA(cfg) if head == "span" else head
     init_weights(model)
     if pretrained_model_path:
         from tencentpretrain.model_io import load_state_dict_file

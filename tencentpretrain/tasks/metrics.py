@@ -200,3 +200,70 @@ def _best_threshold(predictions, scores, na_probs, has_ans):
         if cur > best:
             best, best_thresh = cur, na_probs[qid]
     return 100.0 * best / len(scores) if scores else 0.0, best_thresh
+
+
+# ---------------------------------------------------------------- NER (span level) and multi-label
+def bio_entities(tags):
+    """Entities of one tag sequence, decoded as TencentPretrain's run_ner.py decodes them.
+
+    An entity starts at a tag beginning with "B" and runs on until the next "O", "[PAD]", tag
+    beginning with "B", or the end. Returned as (start, end, tags) with `end` inclusive and `tags`
+    the tuple of tags it covers, so two entities match only if they have the same span and every
+    tag agrees (B-PER I-LOC is one entity and it matches only B-PER I-LOC). An "I-" tag with no
+    "B" before it (after "O" or at the start) belongs to no entity.
+    """
+    entities = set()
+    for start, tag in enumerate(tags):
+        if not tag.startswith("B"):
+            continue
+        end = start
+        while end + 1 < len(tags) and tags[end + 1] not in ("O", "[PAD]") and not tags[end + 1].startswith("B"):
+            end += 1
+        entities.add((start, end, tuple(tags[start:end + 1])))
+    return entities
+
+
+def span_f1(gold_seqs, pred_seqs):
+    """Micro precision / recall / F1 over exactly matching entities (see `bio_entities`).
+
+    gold_seqs, pred_seqs: one tag sequence per sentence, of equal lengths. F1 comes first
+    (it picks the best epoch); 0.0 where a ratio has nothing to count.
+    """
+    if len(gold_seqs) != len(pred_seqs):
+        raise ValueError(f"{len(gold_seqs)} gold sentences but {len(pred_seqs)} predicted")
+    correct = gold_n = pred_n = 0
+    for i, (gold, pred) in enumerate(zip(gold_seqs, pred_seqs)):
+        if len(gold) != len(pred):
+            raise ValueError(f"sentence {i}: {len(gold)} gold tags but {len(pred)} predicted")
+        g, p = bio_entities(gold), bio_entities(pred)
+        correct, gold_n, pred_n = correct + len(g & p), gold_n + len(g), pred_n + len(p)
+    precision = correct / pred_n if pred_n else 0.0
+    recall = correct / gold_n if gold_n else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall,
+            "gold_entities": gold_n, "pred_entities": pred_n, "correct": correct}
+
+
+def multi_label_metrics(preds, labels, metric="acc"):
+    """Multi-label scores from 0/1 matrices [examples, labels].
+
+    acc: the whole label set is right (TencentPretrain's run_classifier_multi_label.py metric);
+    micro_f1: F1 over all (example, label) decisions; macro_f1: mean per-label F1 over the labels
+    that occur in the gold or predicted sets. The chosen `metric` comes first.
+    """
+    preds, labels = np.asarray(preds, dtype=bool), np.asarray(labels, dtype=bool)
+    if preds.shape != labels.shape:
+        raise ValueError(f"predictions {preds.shape} and labels {labels.shape} differ in shape")
+    tp = (preds & labels).sum(0)
+    fp = (preds & ~labels).sum(0)
+    fn = (~preds & labels).sum(0)
+    seen = (tp + fp + fn) > 0
+    per_label = 2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])
+    micro_tp, micro_rest = int(tp.sum()), int(fp.sum() + fn.sum())
+    out = {"acc": float((preds == labels).all(1).mean()) if len(labels) else 0.0,
+           "micro_f1": 2 * micro_tp / (2 * micro_tp + micro_rest) if micro_tp else 0.0,
+           "macro_f1": float(per_label.mean()) if seen.any() else 0.0}
+    return {metric: out[metric], **out}
+
+
+MULTI_LABEL_METRICS = ("acc", "micro_f1", "macro_f1")

@@ -102,3 +102,101 @@ def check_labels(examples, labels_num, path):
         if ex.label is not None and not 0 <= ex.label < labels_num:
             raise UserError(f"{path}, line {ex.line}: label {ex.label} is out of range for {labels_num} "
                             f"labels (0..{labels_num - 1}); pass --labels_num or fix the file")
+
+
+# ---------------------------------------------------------------- multi-label and NER (token tagging)
+def read_tsv_rows(path, required=("text_a",), what="TSV file"):
+    """(line number, {column: field}) for each non-blank example line of a headed TSV file.
+
+    `required` names the columns the header must have; a row with the wrong number of fields
+    is an error naming its line.
+    """
+    lines = read_text_lines(path, what)
+    header = [name.strip() for name in lines[0].split("\t")]
+    for name in required:
+        if name not in header:
+            raise UserError(f"{path}, line 1: the header has no '{name}' column (found: {', '.join(header)}); "
+                            f"the first line must name the columns, e.g. '{'<TAB>'.join(required)}'")
+    rows = []
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise UserError(f"{path}, line {n}: {len(fields)} tab-separated fields but the header has "
+                            f"{len(header)}; a text may contain a stray tab or a field is missing")
+        rows.append((n, dict(zip(header, fields))))
+    if not rows:
+        raise UserError(f"{what} '{path}' has a header but no examples")
+    return rows
+
+
+def read_multi_label_tsv(path, require_label=True):
+    """Multi-label TSV (TencentPretrain's run_classifier_multi_label.py): `label` holds comma-separated
+    class ids, e.g. `0,3`; `text_a`, optional `text_b`. Example.label is a sorted tuple of ids."""
+    rows = read_tsv_rows(path, ("label", "text_a") if require_label else ("text_a",))
+    examples = []
+    for n, row in rows:
+        label = None
+        if "label" in row:
+            try:
+                label = tuple(sorted({int(x) for x in row["label"].split(",")}))
+            except ValueError:
+                raise UserError(f"{path}, line {n}: bad label '{row['label']}'; a multi-label label is one or "
+                                "more integer class ids separated by commas, e.g. '0,3'") from None
+            if label[0] < 0:
+                raise UserError(f"{path}, line {n}: label {label[0]} is negative; class ids start at 0")
+        examples.append(Example(row["text_a"], row.get("text_b"), label, n))
+    return examples
+
+
+@dataclasses.dataclass
+class TaggedExample:
+    """One NER line: whitespace-separated tokens and, when labelled, one tag per token."""
+    tokens: list
+    labels: list | None = None
+    line: int = 0
+
+
+def read_ner_tsv(path, label2id=None, require_label=True):
+    """NER TSV (TencentPretrain's run_ner.py): `text_a` holds space-separated tokens (characters for
+    Chinese), `label` as many space-separated tags (BIO), e.g. `B-LOC I-LOC O`. Tags must be keys of
+    `label2id` when it is given."""
+    rows = read_tsv_rows(path, ("text_a", "label") if require_label else ("text_a",))
+    examples = []
+    for n, row in rows:
+        tokens = row["text_a"].split()
+        if not tokens:
+            raise UserError(f"{path}, line {n}: text_a is empty; every line needs at least one token")
+        labels = None
+        if "label" in row:
+            labels = row["label"].split()
+            if len(labels) != len(tokens):
+                raise UserError(f"{path}, line {n}: {len(tokens)} tokens in text_a but {len(labels)} tags in "
+                                "label; separate both by spaces, one tag per token")
+            unknown = [t for t in labels if label2id is not None and t not in label2id]
+            if unknown:
+                raise UserError(f"{path}, line {n}: tag '{unknown[0]}' is not in --label2id_path "
+                                f"(known: {', '.join(label2id)}); add it there or fix the file")
+        examples.append(TaggedExample(tokens, labels, n))
+    return examples
+
+
+def read_label2id(path):
+    """A label2id JSON ({"O": 0, "B-LOC": 1, ...}) checked to number its tags 0..n-1 exactly once."""
+    import json
+    text = "\n".join(read_text_lines(path, "label2id file"))
+    try:
+        l2i = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err}); expected e.g. {{\"O\": 0, \"B-LOC\": 1}}") from None
+    if not isinstance(l2i, dict) or not l2i or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                       for v in l2i.values()):
+        raise UserError(f"{path}: expected a JSON object mapping each tag to an integer id, "
+                        "e.g. {\"O\": 0, \"B-LOC\": 1}")
+    if sorted(l2i.values()) != list(range(len(l2i))):
+        raise UserError(f"{path}: the ids must be 0..{len(l2i) - 1}, each used once (found "
+                        f"{sorted(l2i.values())})")
+    if "[PAD]" in l2i:
+        raise UserError(f"{path}: '[PAD]' is reserved (the padding class is added after the tags); remove it")
+    return l2i

@@ -2,11 +2,14 @@
 
     <output_model_path>-<step>            plain state_dict, TencentPretrain key names (model_io)
     <output_model_path>-<step>.state.pt   everything else needed to resume, see `training_state`
-    <output_model_path>, <...>.state.pt   the same pair at the end of the run
+    <output_model_path>, <...>.state.pt   symbolic links to the last step's pair (no extra disk)
 
+As in TencentPretrain, a pair is written at every multiple of --save_checkpoint_steps; here also at the
+last step when --total_steps is not such a multiple, so the end of a run is never lost.
 Both files of a pair are first written completely to temporary names and then renamed into place, so
 a crash while writing (the long part) leaves the previous pair intact; the state file records the
-model file's SHA-256, so a pair torn between the two renames is detected on resume.
+model file's SHA-256, so a pair torn between the two renames is detected on resume. Files are never
+rewritten in place (a rename replaces a link, it does not write through it).
 The state file holds only tensors, numbers, strings, lists and dicts: `torch.load(weights_only=True)`
 reads it.
 """
@@ -15,6 +18,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import torch
@@ -66,6 +70,31 @@ def save_checkpoint(model_path, model_state, train_state):
                 os.remove(tmp)
 
 
+def link_final(src, dst):
+    """Make `dst` (and its state file) a relative symbolic link to the pair `src`, or a copy where the
+    file system has no links. Each name appears atomically (made under a temporary name, then renamed).
+
+    Why not a hard link: two names of one file make `mv <out>-<step> <out>` (TencentPretrain's README)
+    fail with "are the same file"; over a symbolic link it simply replaces the link.
+    """
+    for source, target in ((src, dst), (state_path(src), state_path(dst))):
+        if os.path.realpath(source) == os.path.realpath(target):
+            continue  # already the same file (the final pair resumed and re-linked)
+        tmp = _partial(target)
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        try:
+            try:
+                os.symlink(os.path.relpath(os.path.realpath(source), os.path.dirname(os.path.abspath(target))),
+                           tmp)
+            except (OSError, NotImplementedError):  # e.g. Windows without the symlink privilege
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+
+
 def load_training_state(model_path):
     path = state_path(model_path)
     if not os.path.isfile(model_path):
@@ -93,7 +122,8 @@ def saved_step(model_path):
 
 def find_latest(output_model_path):
     """The most advanced pair among `<output_model_path>-<step>` and the final `<output_model_path>`
-    (only pairs whose state file exists), or None."""
+    (only pairs whose state file exists), or None. At equal steps the `-<step>` name wins: the final
+    pair is normally a link to it, so the two are the same checkpoint, not a conflict."""
     pattern = re.compile(re.escape(output_model_path) + r"-(\d+)$")
     candidates = []
     for path in glob.glob(glob.escape(output_model_path) + "-*"):

@@ -100,17 +100,50 @@ def check_spawn_args(world_size, gpu_ranks, master_ip):
 
 def _spawned_main(proc_id, fn, gpu_ranks, world_size, master_ip, backend):
     env = init_spawned(proc_id, gpu_ranks, world_size, master_ip, backend)
+    status = None  # None: an unexpected exception, which torch.multiprocessing reports to the parent
     try:
         fn(env)
+        status = 0
     except UserError as err:
         # Errors that every rank hits together (a non-finite loss is all-reduced) are said once.
         if env.is_main or not getattr(err, "same_on_all_ranks", False):
             where = "" if env.is_main else f" (rank {env.rank})"
             print(f"error{where}: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        status = 2
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(env, clean=status == 0)
+    _exit_process(status)
+
+
+def shutdown(env, clean=True):
+    """Leave the process group. After a clean run every rank first meets at a barrier, so no peer is
+    still inside a collective when this rank's connections close."""
+    if not dist.is_initialized():
+        return
+    if clean and env.distributed:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _exit_process(status):
+    """End a spawned process without interpreter finalization.
+
+    Why: once DistributedDataParallel has used a gloo group, a reference to it stays behind inside
+    torch, so destroy_process_group() does not stop its worker threads and they outlive it. A
+    worker that drops the last reference to a finished collective (all_gather_object's tensors) has
+    to take the GIL to free them; if the main thread has meanwhile begun finalizing the interpreter,
+    Python ends that thread with a forced unwind and C++ calls std::terminate ("terminate called
+    without an active exception", SIGABRT; one run of tests/test_train_ddp.py in six). Exit handlers run
+    here, while the interpreter is fully alive; then os._exit skips the finalization the race needs.
+    """
+    import atexit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing left to lose
+            pass
+    os._exit(status)
 
 
 def run(fn, world_size=1, gpu_ranks=(), master_ip="tcp://localhost:12345", backend=None):
@@ -120,11 +153,13 @@ def run(fn, world_size=1, gpu_ranks=(), master_ip="tcp://localhost:12345", backe
         if world_size > 1:
             raise UserError("--world_size/--gpu_ranks and torchrun both start processes; use one of them")
         env = init_torchrun(backend)
+        clean = False
         try:
-            return fn(env)
+            result = fn(env)
+            clean = True
+            return result
         finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            shutdown(env, clean)
     gpu_ranks = list(gpu_ranks or [])
     check_spawn_args(world_size, gpu_ranks, master_ip)
     if world_size == 1:

@@ -10,12 +10,18 @@ Today one feature plugs in: a model config with a `wid` block makes these call
 `tencentpretrain.wid.build_wid_plugin(model, model_cfg, train_cfg)` (returning `([callbacks], [claims])`)
 and `tencentpretrain.wid.load_teacher`. A new feature adds its branch here and nothing in the loop.
 """
+import argparse
+
 from tencentpretrain.model_io import load_model_weights, load_state_dict_file
 
 
 def add_plugin_opts(parser):
     from tencentpretrain.wid import wid_opts
-    wid_opts(parser)
+    group = wid_opts(parser)
+    if "--tensorboard_dir" in parser._option_string_actions:  # the reference's name for it
+        group.add_argument("--tb_path", dest="tensorboard_dir", metavar="TB_PATH",
+                           default=argparse.SUPPRESS,
+                           help="the same as --tensorboard_dir (the WID reference code's name)")
 
 
 def apply_plugin_overrides(model_cfg, args):
@@ -37,13 +43,16 @@ def load_pretrained(model, model_cfg, path):
     if getattr(model_cfg, "wid", None) is not None:
         from tencentpretrain.wid import load_teacher
         return load_teacher(model, path)
-    # A plain model must find every key it has; leftovers (another head) are an error too. One
-    # exception: a checkpoint with no pre-training head at all (a bare encoder, e.g. a converted
-    # Hugging Face BertModel) starts the heads from their initialisation, and says so.
+    # A plain model must find every key it has. Heads this model does not have (a BERT checkpoint's
+    # `target.sp` under --target mlm) are dropped with a note; any other leftover is an error. A
+    # checkpoint with no pre-training head at all (a bare encoder, e.g. a converted Hugging Face
+    # BertModel) starts the heads from their initialisation, and says so.
+    from tencentpretrain.model_io import drop_unused_heads
+    from tencentpretrain.utils.log import info
     sd = load_state_dict_file(path)
     if not any(k.startswith("target.") for k in sd):
         report = load_model_weights(model, sd, allow_missing=("target.",), where=path)
         new = sorted({".".join(k.split(".")[:2]) for k in report.missing})
-        print(f"note: {path} has no pre-training head; {', '.join(new)} start from random weights", flush=True)
+        info(f"note: {path} has no pre-training head; {', '.join(new)} start from random weights", flush=True)
         return report
-    return load_model_weights(model, sd, where=path)
+    return load_model_weights(model, drop_unused_heads(model, sd, where=path), where=path)

@@ -4,17 +4,21 @@
         --output_model_path models/bert_base.bin --total_steps 10000 --batch_size 32 [--bf16]
     ... --world_size 2 --gpu_ranks 0 1            # two processes on this node (GPUs, else CPU + gloo)
     torchrun --nproc_per_node 2 pretrain.py ...    # the same, started by torchrun
+
+Writes `<output_model_path>-<step>` (+ `.state.pt`) every --save_checkpoint_steps and at the last step,
+and `<output_model_path>` as a symbolic link to the last one (see training/checkpoint.py).
 """
 import argparse
 import os
 from dataclasses import dataclass
 
 from tencentpretrain.errors import UserError
-from tencentpretrain.opts import _bool, model_config_from_args, model_opts, parse_args, tokenizer_opts
+from tencentpretrain.opts import _bool, log_opts, model_config_from_args, model_opts, parse_args, tokenizer_opts
 from tencentpretrain.training import checkpoint as ckpt
 from tencentpretrain.training import distributed, plugins
 from tencentpretrain.training.optim import SCHEDULERS
 from tencentpretrain.training.trainer import TrainConfig, Trainer
+from tencentpretrain.utils.log import check_log_path, info, logging_to
 
 # Batch targets each preprocess.py processor writes, and the model targets that consume them.
 PROCESSOR_TARGETS = {"bert": {"mlm", "sp"}, "mlm": {"mlm"}, "lm": {"lm"}}
@@ -25,9 +29,10 @@ def training_opts(parser):
     g.add_argument("--dataset_path", required=True, help="dataset written by preprocess.py")
     g.add_argument("--pretrained_model_path", default=None, help="initial weights (e.g. a teacher)")
     g.add_argument("--output_model_path", required=True,
-                   help="final model; checkpoints go to <output_model_path>-<step>")
+                   help="checkpoints go to <output_model_path>-<step>; this name is linked to the last one")
     g.add_argument("--total_steps", type=int, default=100000, help="optimizer steps")
-    g.add_argument("--save_checkpoint_steps", type=int, default=10000)
+    g.add_argument("--save_checkpoint_steps", type=int, default=10000,
+                   help="save every this many steps (and at the last step)")
     g.add_argument("--report_steps", type=int, default=100)
     g.add_argument("--accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--batch_size", type=int, default=32, help="instances per process and micro-batch")
@@ -61,6 +66,10 @@ def build_parser():
     training_opts(parser)
     model_opts(parser)
     tokenizer_opts(parser)
+    log_opts(parser).add_argument(
+        "--tensorboard_dir", default=None,
+        help="write a TensorBoard event log of loss, metrics, lr (and plugin scalars) at every report step; "
+             "needs the optional package 'tensorboard'")
     plugins.add_plugin_opts(parser)
     return parser
 
@@ -75,6 +84,8 @@ class PretrainJob:
     pretrained_model_path: str = None
     resume_from: str = None
     resume_latest: bool = False
+    logging: tuple = (None, "INFO", "INFO")  # --log_path, --log_level, --log_file_level
+    config_path: str = None
 
 
 def train_config_from_args(args):
@@ -89,7 +100,7 @@ def train_config_from_args(args):
         scheduler=args.scheduler, optimizer=args.optimizer, bias_correction=args.bias_correction,
         max_grad_norm=args.max_grad_norm, precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         report_steps=args.report_steps, save_checkpoint_steps=args.save_checkpoint_steps,
-        output_model_path=args.output_model_path, seed=args.seed)
+        output_model_path=args.output_model_path, seed=args.seed, tensorboard_dir=args.tensorboard_dir)
 
 
 def check_dataset(dataset_path, model_cfg):
@@ -124,17 +135,28 @@ def prepare(argv=None):
     check_dataset(args.dataset_path, model_cfg)
     if args.resume_from and args.resume:
         raise UserError("--resume and --resume_from exclude each other")
+    if args.log_path:
+        check_log_path(args.log_path)
+    if args.tensorboard_dir and os.path.exists(args.tensorboard_dir) and not os.path.isdir(args.tensorboard_dir):
+        raise UserError(f"--tensorboard_dir {args.tensorboard_dir}: a file, not a folder; give a folder path")
     for flag in ("pretrained_model_path", "resume_from"):
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
             raise UserError(f"--{flag} {path}: file not found")
     job = PretrainJob(model_cfg, train_cfg, args.dataset_path, args.batch_size, args.pretrained_model_path,
-                      args.resume_from, args.resume)
+                      args.resume_from, args.resume, (args.log_path, args.log_level, args.log_file_level),
+                      args.config_path)
     return job, args
 
 
 def run_process(env, job):
-    """One process's run: build the model, plugins, loader and trainer; load or resume; train."""
+    """One process's run, logging as --log_path/--log_level say (other ranks: warnings only)."""
+    with logging_to(*job.logging, quiet=not env.is_main):
+        return _train(env, job)
+
+
+def _train(env, job):
+    """Build the model, plugins, loader and trainer; load or resume; train."""
     from tencentpretrain.data.loader import build_loader
     from tencentpretrain.model_builder import build_model
     ckpt.seed_everything(job.train_cfg.seed)  # the same initial weights on every rank
@@ -144,15 +166,33 @@ def run_process(env, job):
     resume_from = job.resume_from
     if job.resume_latest:
         resume_from = ckpt.find_latest(job.train_cfg.output_model_path)
-        if resume_from is None and env.is_main:
-            print(f"--resume: no checkpoint {job.train_cfg.output_model_path}[-<step>] with a state file yet; "
-                  f"starting from step 0", flush=True)
+        if resume_from is None:
+            info(f"--resume: no checkpoint {job.train_cfg.output_model_path}[-<step>] with a state file yet; "
+                 f"starting from step 0", flush=True)
     if job.pretrained_model_path and not resume_from:  # a resume brings its own weights
         plugins.load_pretrained(model, job.model_cfg, job.pretrained_model_path)
+    if env.is_main and job.train_cfg.output_model_path:
+        _record_config(job.model_cfg, job.train_cfg.output_model_path, job.config_path)
     trainer = Trainer(model, loader, job.train_cfg, env=env, callbacks=callbacks, claims=claims)
     if resume_from:
         trainer.resume(resume_from)
     return trainer.fit()
+
+
+def _record_config(model_cfg, output_model_path, config_path=None):
+    """Write the model config beside the checkpoints (`<stem>_config.json`), as fine-tuning and the merge do,
+    so the converters and inference find it without --config_path. A --config_path that already is that
+    file is never rewritten (flags given on the command line are then only in the log)."""
+    from tencentpretrain.config import config_path_beside, read_config_file
+    path = config_path_beside(output_model_path)
+    if config_path and os.path.abspath(path) == os.path.abspath(config_path):
+        differ = sorted(k for k, v in model_cfg.to_dict().items() if read_config_file(path).get(k) != v)
+        if differ:
+            info(f"note: {path} is --config_path, so it is left as it is; this run's config differs from it in "
+                 f"{', '.join(differ)} (pass the same flags, or --config_path of a copy, to reuse it)", flush=True)
+        return
+    model_cfg.save(path)
+    info(f"model config written to {path}", flush=True)
 
 
 def main(argv=None):

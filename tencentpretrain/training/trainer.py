@@ -1,6 +1,19 @@
 """The training loop: one optimizer step = accumulate micro-batches, check the loss, callbacks, clip,
 step, schedule, report, save. Works the same on CPU, one GPU and under DDP (see distributed.py).
-Extension points are the callbacks in callbacks.py and parameter-group claims in optim.py."""
+Extension points are the callbacks in callbacks.py and parameter-group claims in optim.py.
+
+Checkpoints: a pair `<output_model_path>-<step>` at every multiple of `save_checkpoint_steps` and at the
+last step; at the end `<output_model_path>` is linked to the last pair (see checkpoint.link_final).
+
+Scalars: at every report step rank 0 collects `train/loss`, `train/<metric>` (the report line's
+metrics, e.g. `train/mlm_acc`), `train/lr` and `train/tokens_per_s`, plus whatever each callback
+returns from an optional method
+
+    scalars(trainer) -> {tag: number}   rank 0 only, at report steps, after on_step_end; no collectives.
+                                        Tags are used as given (e.g. "wid/hidden_size").
+
+and hands them to the event log (`cfg.tensorboard_dir`, see events.py).
+"""
 import contextlib
 import math
 import time
@@ -13,8 +26,10 @@ from tencentpretrain.errors import UserError
 from tencentpretrain.model_io import load_model_weights
 from tencentpretrain.training import checkpoint as ckpt
 from tencentpretrain.training.distributed import DistEnv, all_gather_objects, all_reduce_sum
+from tencentpretrain.training.events import EventLog
 from tencentpretrain.training.optim import build_optimizer, build_param_groups, build_scheduler
 from tencentpretrain.training.report import Meter, _fmt_time
+from tencentpretrain.utils.log import info
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -36,6 +51,7 @@ class TrainConfig:
     report_steps: int = 100
     save_checkpoint_steps: int = 10000
     output_model_path: str = None      # None: save nothing
+    tensorboard_dir: str = None        # None: no TensorBoard event log
     seed: int = 7
 
 
@@ -44,7 +60,7 @@ class NonFiniteLossError(UserError):
 
 
 class Trainer:
-    def __init__(self, model, loader, cfg, env=None, callbacks=(), claims=(), log=print):
+    def __init__(self, model, loader, cfg, env=None, callbacks=(), claims=(), log=info):
         self.cfg, self.env, self.loader = cfg, env or DistEnv(), loader
         env = self.env
         if cfg.precision not in PRECISIONS:
@@ -71,7 +87,7 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
         self.last_loss = None  # the last step's loss (averaged over micro-batches and ranks)
-        self.last_checkpoint = None
+        self.last_checkpoint = None  # the newest pair written or resumed from
         self._resumed_rng = None
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -84,6 +100,23 @@ class Trainer:
             ckpt.seed_everything(cfg.seed + env.rank)
         self._log_start()
         self.meter = Meter(env, cfg.total_steps, self.step)
+        events = EventLog(cfg.tensorboard_dir, self.log) if cfg.tensorboard_dir and env.is_main else None
+        try:
+            self._loop(events)
+        finally:
+            if events is not None:
+                events.close()
+        linked = cfg.output_model_path and self._link_final()
+        self._call("on_train_end", self)
+        summary = self.meter.summary(self.step)
+        self.log(f"done: {summary['steps']} steps in {_fmt_time(summary['seconds'])}, "
+                 f"{summary['tokens_per_s']:,.0f} tokens/s, last loss {summary.get('loss', float('nan')):.4f}"
+                 + (f", model saved to {self.last_checkpoint} (linked as {cfg.output_model_path})" if linked
+                    else f", last checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""), flush=True)
+        return summary
+
+    def _loop(self, events):
+        cfg = self.cfg
         batches = self._batches()
         self.ddp_model.train()
         while self.step < cfg.total_steps:
@@ -108,17 +141,19 @@ class Trainer:
             self._call("on_step_end", self, self.step)
             if self.step % cfg.report_steps == 0 or self.step == cfg.total_steps:
                 self.log(self.meter.report(self.step, lr), flush=True)
-            if (cfg.output_model_path and self.step % cfg.save_checkpoint_steps == 0
-                    and self.step < cfg.total_steps):  # the last step is saved as <output_model_path>
+                if events is not None:
+                    events.write(self.step, self.scalars())
+            if cfg.output_model_path and (self.step % cfg.save_checkpoint_steps == 0
+                                          or self.step == cfg.total_steps):
                 self.save(ckpt.step_path(cfg.output_model_path, self.step))
-        if cfg.output_model_path:
-            self.save(cfg.output_model_path)
-        self._call("on_train_end", self)
-        summary = self.meter.summary(self.step)
-        self.log(f"done: {summary['steps']} steps in {_fmt_time(summary['seconds'])}, "
-                 f"{summary['tokens_per_s']:,.0f} tokens/s, last loss {summary.get('loss', float('nan')):.4f}"
-                 + (f", model saved to {cfg.output_model_path}" if cfg.output_model_path else ""), flush=True)
-        return summary
+
+    def scalars(self):
+        """The last report's numbers under `train/`, and every callback's `scalars(trainer)`."""
+        out = {f"train/{name}": value for name, value in self.meter.last.items() if name != "step"}
+        for cb in self.callbacks:
+            if hasattr(cb, "scalars"):
+                out.update(cb.scalars(self) or {})
+        return out
 
     def _forward_backward(self, batches):
         """Accumulate gradients over the micro-batches of one step; the loss averaged over ranks."""
@@ -178,6 +213,15 @@ class Trainer:
                  flush=True)
 
     # ---- checkpoints --------------------------------------------------------------------------
+    def _link_final(self):
+        """Point `<output_model_path>` at the last step's pair (rank 0); True if done. A run resumed at
+        its last step from another name trained and saved nothing, so it changes no file either."""
+        last = ckpt.step_path(self.cfg.output_model_path, self.step)
+        if not (self.env.is_main and self.last_checkpoint == last):
+            return False
+        ckpt.link_final(last, self.cfg.output_model_path)
+        return True
+
     def save(self, model_path):
         """Write the checkpoint pair (a collective: every rank calls it; rank 0 writes)."""
         # Never let a broken model overwrite or follow the last good checkpoint (ranks hold equal weights).
@@ -187,6 +231,7 @@ class Trainer:
         loader_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
         ranks = all_gather_objects({"rng": ckpt.rng_state(), "loader": loader_state}, self.env)
         if not self.env.is_main:
+            self.last_checkpoint = model_path
             return
         state = {
             "format": ckpt.FORMAT, "step": self.step, "world_size": self.env.world_size,

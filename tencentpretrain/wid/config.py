@@ -34,8 +34,12 @@ class WidConfig:
     compactor_weight_decay: Optional[float] = None  # None: the run's --weight_decay
     importance: str = "group"                    # group: norms summed over every compactor of a group
     fold: str = "auto"                           # how compactors are applied, see compactor.py
-    zero_below: float = 1e-3                     # a masked dim decayed below this is set to exactly 0
+    zero_below: float = 1e-3                     # a masked dim decayed below this is set to exactly 0 ("dead")
     mask_path: Optional[str] = None              # JSON-lines mask log; None: <output_model_path>.masks.jsonl
+    pre_mask_l2: float = 0.0                     # before the first mask update, grad += pre_mask_l2 * w on
+                                                 # every compactor (the reference: 1.0)
+    compactors_only: bool = False                # train the compactors only; the teacher's weights frozen
+    print_updates: bool = False                  # print the kept widths at every mask update
 
     @classmethod
     def from_dict(cls, d, where="wid block"):
@@ -72,6 +76,8 @@ class WidConfig:
                                 f"{', '.join(choices)}")
         if self.l2_lambda < 0 or self.compactor_learning_rate <= 0:
             raise UserError(f"{where}: 'wid.l2_lambda' must be >= 0 and 'wid.compactor_learning_rate' > 0")
+        if self.pre_mask_l2 < 0:
+            raise UserError(f"{where}: 'wid.pre_mask_l2' must be >= 0, got {self.pre_mask_l2}")
         if not 0.0 <= self.zero_below < 1.0:
             raise UserError(f"{where}: 'wid.zero_below' must be in [0, 1), got {self.zero_below}")
         return self
@@ -86,6 +92,8 @@ def _coerce(name, value, tp, where):
         if value is None:
             return None
         tp = args[0]
+    if tp is bool and not isinstance(value, bool):
+        raise UserError(f"{where}: 'wid.{name}' must be true or false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise UserError(f"{where}: 'wid.{name}' must be an integer, got {value!r}")
     if tp is float:

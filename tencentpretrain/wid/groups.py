@@ -18,11 +18,14 @@ from tencentpretrain.wid.layer_norm import MaskedLayerNorm
 
 
 class MaskGroup(nn.Module):
-    def __init__(self, name, kind, size, target, unit=1, whole_units=False):
+    def __init__(self, name, kind, size, target, unit=1, whole_units=False, by_head=None):
         super().__init__()
         self.name, self.kind, self.size, self.target = name, kind, size, target
         self.unit = unit                # dims per head for attention groups, else 1
         self.whole_units = whole_units  # strategy head: whole heads are masked
+        # Cut in head-sized chunks (the same count per chunk, or whole chunks): attention groups, and
+        # the stream S under `importance: reference`, as the reference code cuts it.
+        self.by_head = kind == "attention" if by_head is None else by_head
         # keep: not masked. decay: 1 while kept, the product of the per-step pulls once masked,
         # exactly 0 once the dim was zeroed ("dead": skipped by the fold, zeroed after each step).
         self.register_buffer("keep", torch.ones(size, dtype=torch.bool))
@@ -96,11 +99,17 @@ def _link_norm(norm, group):
     group.members += [(norm, "gamma", 0), (norm, "beta", 0)]
 
 
-def attach(model, geometry, strategy):
-    """Create the groups of a WID model (embedding, wid_transformer encoder, wid_mlm target)."""
+def attach(model, geometry, strategy, stream_by_head=False):
+    """Create the groups of a WID model (embedding, wid_transformer encoder, wid_mlm target).
+    `stream_by_head`: cut S in head-sized chunks like the attention width (the reference's way)."""
     g = geometry
     emb, enc, mlm = model.embedding, model.encoder, model.target.mlm
-    s = _own(emb, MaskGroup("S", "stream", g.hidden, g.target_hidden))
+    if stream_by_head:
+        s = MaskGroup("S", "stream", g.hidden, g.target_hidden, unit=g.head_size, whole_units=strategy == "head",
+                      by_head=True)
+    else:
+        s = MaskGroup("S", "stream", g.hidden, g.target_hidden)
+    s = _own(emb, s)
     emb.groups = (s,)
     s.members.append((emb, "compactor_out", 0))
     _link_norm(emb.layer_norm, s)

@@ -99,15 +99,66 @@ def merge(model):
 
 
 def student_config_path(output_model_path):
-    root = output_model_path
-    for ext in (".safetensors", ".bin", ".pt"):
-        if root.endswith(ext):
-            root = root[: -len(ext)]
-    return root + "_config.json"
+    from tencentpretrain.config import config_path_beside
+    return config_path_beside(output_model_path)
 
 
-def merge_checkpoint(load_model_path, config_path, output_model_path, output_config_path=None, wid_args=None):
-    """Read a compacted checkpoint, write the dense student and its config json. Returns the config path."""
+def _decay_context(load_model_path, wid):
+    """(compactor lr, l2_lambda, step, last mask update, source) for the "steps still needed" estimate:
+    from the training-state file beside the checkpoint when there is one, else the config."""
+    import os
+    from tencentpretrain.training.checkpoint import state_path
+    lr, lam, step, last, source = wid.compactor_learning_rate, wid.l2_lambda, None, None, "the config"
+    if os.path.isfile(state_path(load_model_path)):
+        try:
+            state = torch.load(state_path(load_model_path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: the estimate falls back to the config
+            return lr, lam, step, last, source
+        cb = state.get("callbacks", {}).get("wid", {})
+        groups = state.get("optimizer", {}).get("param_groups", [])
+        # The lr the next step would use: the compactors' group in the optimizer, else the last one used.
+        lr = next((g["lr"] for g in groups if g.get("name") == "wid_compactor"), cb.get("compactor_lr", lr))
+        lam, step, last = cb.get("l2_lambda", lam), state.get("step"), cb.get("last_update")
+        source = os.path.basename(state_path(load_model_path))
+    return float(lr), float(lam), step, last, source
+
+
+def check_dead(model, load_model_path, allow_live_masked=False):
+    """Refuse (or, allowed, warn about) masked coordinates that have not decayed below wid.zero_below:
+    the merge drops them, so the student would differ from the trained model."""
+    from tencentpretrain.wid.decay import live_masked, steps_to_die
+    wid = model.cfg.wid
+    live = live_masked(model, wid.zero_below)
+    if not live:
+        return []
+    lr, lam, step, last, source = _decay_context(load_model_path, wid)
+    count = sum(n for _, n, _, _ in live)
+    factor = max(f for _, _, f, _ in live)
+    magnitude = max(m for _, _, _, m in live)
+    need = steps_to_die(factor, lr * lam, wid.zero_below)
+    at = f" at step {step}" if step is not None else ""
+    since = f", {step - last} steps after the last mask update (step {last})" if step is not None and last else ""
+    need_text = (f"about {need} more steps" if need != float("inf") else
+                 "more steps than any run has: the compactor lr is 0 there (the end of the lr schedule)")
+    groups = ", ".join(f"{name} {n}" for name, n, _, _ in live[:8]) + (" ..." if len(live) > 8 else "")
+    message = (f"{load_model_path}{at}{since}: {count} masked coordinates are not dead yet ({groups}); the "
+               f"largest remaining decay factor is {factor:.3g} (dead below wid.zero_below = {wid.zero_below:g}), "
+               f"the largest remaining masked entry {magnitude:.3g}. Merging drops them, so the student would "
+               f"differ from the trained model. At the current decay (1 - lr_c x l2_lambda = 1 - {lr:.3g} x "
+               f"{lam:g} per step, from {source}) they need {need_text}: train longer (resume with a larger "
+               f"--total_steps) or merge a later checkpoint")
+    if not allow_live_masked:
+        raise UserError(message + "; nothing was written. --allow_live_masked merges anyway.")
+    import warnings
+    warnings.warn(message + "; merging anyway (--allow_live_masked).")
+    return live
+
+
+def merge_checkpoint(load_model_path, config_path, output_model_path, output_config_path=None, wid_args=None,
+                     allow_live_masked=False):
+    """Read a compacted checkpoint, write the dense student and its config json. Returns the config path.
+    `config_path` is the WID config the run used, or the plain teacher config plus the same WID flags
+    in `wid_args` (the reference code's way)."""
     import json
 
     from tencentpretrain.config import load_model_config
@@ -120,12 +171,15 @@ def merge_checkpoint(load_model_path, config_path, output_model_path, output_con
     # Table sizes come from the checkpoint (the run may have overridden them on the command line).
     shapes = {"vocab_size": "embedding.word.embedding.weight", "max_seq_length": "embedding.pos.embedding.weight"}
     cfg = load_model_config(config_path, {k: sd[key].shape[0] for k, key in shapes.items() if key in sd})
+    apply_wid_overrides(cfg, wid_args or {})
     if cfg.wid is None:
         raise UserError(f"{config_path}: not a WID config (no 'wid' block); pass the config the compacted "
-                        f"model was trained with, e.g. models/wid/bert_base_to_384_dim.json")
-    apply_wid_overrides(cfg, wid_args or {})
+                        f"model was trained with, e.g. models/wid/bert_base_to_384_dim.json, or the teacher's "
+                        f"config with the run's WID flags (--target_dim ...)")
     model = build_model(cfg)
     load_model_weights(model, sd, where=load_model_path)  # strict: compactors and masks must be there
+    check_finished(model)
+    check_dead(model, load_model_path, allow_live_masked)
     student_sd, student_cfg = merge(model)
     save_state_dict(student_sd, output_model_path)
     output_config_path = output_config_path or student_config_path(output_model_path)

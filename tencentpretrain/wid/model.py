@@ -15,7 +15,8 @@ def attach_wid(model):
     for module in model.modules():
         if isinstance(module, (CompactedLinear, CompactedEmbedding)):
             module.reset_compactors()
-    return attach(model, geometry, model.cfg.wid.strategy)
+    wid = model.cfg.wid
+    return attach(model, geometry, wid.strategy, stream_by_head=wid.importance == "reference")
 
 
 def is_wid_key(key):

@@ -2,9 +2,13 @@
 
     claims            the compactors get wid.compactor_learning_rate (and compactor_weight_decay);
                       the teacher's weights keep the run's --learning_rate (1e-6 in the recipe)
-    after_backward    zero the task gradient of masked entries            (penalty.py)
+    on_train_begin    warn when --total_steps leaves too few steps to reach the targets, or to let
+                      the last masked entries decay to dead (decay.py)
+    after_backward    zero the task gradient of masked entries            (penalty.py);
+                      before the first mask update, add wid.pre_mask_l2 * w to the compactors' gradients
     on_step_end       pull masked entries toward 0; every w_step, grow the masks and log them
-    state_dict        the schedule position (the masks themselves are buffers in the model file)
+    scalars           the kept widths, for the TensorBoard event log (wid/hidden_size, ...)
+    state_dict        the schedule position and the compactors' lr (the masks are buffers in the model file)
 
 Masks are computed from the parameters, which data-parallel training keeps identical, and are also
 broadcast from rank 0, so every rank prunes the same coordinates.
@@ -18,7 +22,7 @@ import torch.distributed as dist
 
 from tencentpretrain.training.callbacks import Callback
 from tencentpretrain.training.optim import ParamGroupClaim
-from tencentpretrain.wid import penalty, schedule
+from tencentpretrain.wid import decay, penalty, schedule
 from tencentpretrain.wid.config import plan_geometry
 from tencentpretrain.wid.groups import groups_of
 
@@ -69,7 +73,8 @@ class WidCallback(Callback):
         self.total_steps = total_steps
         self.last_update = 0  # optimizer step of the last mask update
         self.lr = self.wid.compactor_learning_rate
-        self._compactor = next(p for n, p in model.named_parameters() if is_compactor(n))
+        self._compactors = [p for n, p in model.named_parameters() if is_compactor(n)]
+        self._compactor = self._compactors[0]
 
     # ---- parameter groups ---------------------------------------------------------------------
     def claims(self):
@@ -79,11 +84,8 @@ class WidCallback(Callback):
     # ---- the hooks ----------------------------------------------------------------------------
     def on_train_begin(self, trainer):
         step = getattr(trainer, "step", 0)
-        if self.total_steps is not None and self.total_steps < self.geometry.schedule_steps:
-            warnings.warn(f"--total_steps {self.total_steps} ends before the WID schedule reaches the target "
-                          f"widths at step {self.geometry.schedule_steps} (w_step {self.wid.w_step}); the "
-                          f"merge will refuse the result. Raise --total_steps or lower --w_step.")
         if getattr(trainer, "env", None) is None or trainer.env.is_main:
+            self.check_schedule_end(getattr(trainer, "cfg", None))
             self.log.truncate_after(step)
         self._broadcast()
 
@@ -93,6 +95,11 @@ class WidCallback(Callback):
             self.lr = next((g["lr"] for g in optimizer.param_groups
                             if any(p is self._compactor for p in g["params"])), self.lr)
         penalty.mask_gradients(self.groups)
+        if self.wid.pre_mask_l2 and self.last_update == 0:  # the reference's pull before the first update
+            with torch.no_grad():
+                for p in self._compactors:
+                    if p.grad is not None:
+                        p.grad.add_(p, alpha=self.wid.pre_mask_l2)
 
     def on_step_end(self, trainer, step):
         penalty.decay_masked(self.groups, self.lr * self.wid.l2_lambda, self.wid.zero_below)
@@ -119,7 +126,59 @@ class WidCallback(Callback):
         self.last_update = step
         if main:
             self.log.append(records)
+            if self.wid.print_updates:
+                from tencentpretrain.utils.log import info
+                info(f"wid: mask update at step {step}: " +
+                     ", ".join(f"{k} {v}" for k, v in self.kept_widths().items()), flush=True)
         return records
+
+    def kept_widths(self):
+        """Kept coordinates now: the stream S, the MLM head M, and the mean over layers of A.l and F.l."""
+        by_kind = {}
+        for g in self.groups:
+            by_kind.setdefault(g.kind, []).append(g.n_kept)
+        names = {"stream": "hidden_size", "attention": "attention_size", "ffn": "feedforward_size",
+                 "mlm": "mlm_size"}
+        return {names[k]: sum(v) / len(v) for k, v in by_kind.items()}
+
+    def scalars(self, trainer=None):
+        """For the trainer's event log: wid/hidden_size, wid/attention_size, wid/feedforward_size (mean
+        over layers), wid/mlm_size, and wid/live_masked (masked coordinates not yet dead)."""
+        out = {f"wid/{k}": v for k, v in self.kept_widths().items()}
+        out["wid/live_masked"] = sum(int((~g.keep & (g.decay > 0)).sum()) for g in self.groups)
+        return out
+
+    def check_schedule_end(self, train_cfg):
+        """Warn when the run ends before the target widths, or before the entries masked at the last
+        update have decayed below wid.zero_below (then the merge refuses the result)."""
+        last, total = self.geometry.schedule_steps, self.total_steps
+        if total is None:
+            return
+        if total < last:
+            warnings.warn(f"--total_steps {total} ends before the WID schedule reaches the target widths at "
+                          f"step {last} (w_step {self.wid.w_step}); the merge will refuse the result. Raise "
+                          f"--total_steps or lower --w_step.")
+            return
+        factor = lambda s: 1.0  # noqa: E731  (no schedule known: the configured lr throughout)
+        if train_cfg is not None and getattr(train_cfg, "scheduler", None):
+            from tencentpretrain.training.optim import lr_factor
+            factor = lr_factor(train_cfg.scheduler, total, int(total * train_cfg.warmup))
+
+        def lr_at(s):  # the compactors' lr of the step taken after s steps
+            return self.wid.compactor_learning_rate * factor(s)
+
+        left = decay.schedule_decay(self.wid, last, total, lr_at)
+        if left < self.wid.zero_below:
+            return
+        rate = lr_at(last) * self.wid.l2_lambda
+        need = decay.steps_to_die(1.0, rate, self.wid.zero_below)
+        need_text = "never at that lr" if need == float("inf") else f"{need} steps"
+        warnings.warn(f"--total_steps {total} leaves {total - last} steps after the last WID mask update (step "
+                      f"{last}); the coordinates masked there decay to a factor {left:.3g} by the end, not below "
+                      f"wid.zero_below {self.wid.zero_below:g}, so they are not dead and the merge will refuse "
+                      f"the result. At the compactor lr of that point ({lr_at(last):.3g}, factor "
+                      f"1 - lr x l2_lambda = {1 - rate:.6g} per step) they need {need_text}. Raise --total_steps, "
+                      f"lower --w_step, or raise --l2_lambda / --compactor_learning_rate.")
 
     def _broadcast(self):
         if dist.is_available() and dist.is_initialized():
@@ -133,8 +192,11 @@ class WidCallback(Callback):
 
     # ---- resume -------------------------------------------------------------------------------
     def state_dict(self):
+        # compactor_lr / l2_lambda / zero_below: for merge_compactors.py's "steps still needed".
         return {"last_update": self.last_update, "w_step": self.wid.w_step,
-                "strategy": self.wid.strategy, "target_hidden_size": self.wid.target_hidden_size}
+                "strategy": self.wid.strategy, "target_hidden_size": self.wid.target_hidden_size,
+                "compactor_lr": float(self.lr), "l2_lambda": float(self.wid.l2_lambda),
+                "zero_below": float(self.wid.zero_below)}
 
     def load_state_dict(self, state):
         for key in ("w_step", "strategy", "target_hidden_size"):
@@ -157,4 +219,8 @@ def build_wid_plugin(model, model_cfg, train_cfg=None, log_path=None):
     """The seam pretrain.py calls (training/plugins.py): returns ([callback], [claims])."""
     log_path = log_path or default_log_path(model_cfg.wid, getattr(train_cfg, "output_model_path", None))
     cb = WidCallback(model, log_path, getattr(train_cfg, "total_steps", None))
+    if model_cfg.wid.compactors_only:  # the reference's --comp_only: the teacher's weights stay as loaded
+        for name, p in model.named_parameters():
+            if not is_compactor(name):
+                p.requires_grad_(False)
     return [cb], cb.claims()

@@ -4,7 +4,9 @@ Mask updates happen at optimizer steps w_step, 2*w_step, ...; update u sets
   FFN and MLM groups       masked = (size - target) * min(u, ffn_stages) / ffn_stages
   stream S, attention A_l  stage a = min(u // attention_stage_interval, stages), masked grows linearly
                            with a: strategy `dim` takes the same number of dims from every head,
-                           strategy `head` one whole head per stage.
+                           strategy `head` one whole head per stage. S is cut freely (its lowest scores
+                           anywhere) unless `importance: reference`, which cuts it in head-sized chunks
+                           like the attention width, as the reference code does.
 Masks only grow: coordinates masked earlier stay masked (their compactors are being pulled to zero,
 so they would lose any re-ranking anyway, and a dead coordinate is exactly zero).
 """
@@ -26,7 +28,7 @@ def stage_fraction(group, update, wid, geometry):
 def masked_count(group, update, wid, geometry):
     """How many dims (or, for whole-head masking, heads) of `group` are masked after `update`."""
     frac = stage_fraction(group, update, wid, geometry)
-    if group.kind == "attention":
+    if group.by_head:  # attention groups; S under `importance: reference`
         if group.whole_units:
             return int(((geometry.heads - geometry.target_heads) * frac) + 1e-9)
         return int(((geometry.head_size - geometry.target_head_size) * frac) + 1e-9)  # per head
@@ -57,12 +59,12 @@ def select(group, score, count):
     `count` dims (per head for `dim` attention groups) or `count` whole heads are masked."""
     score = score.float().masked_fill(~group.keep, float("-inf"))  # already masked sort first
     keep = torch.ones_like(group.keep)
-    if group.kind == "attention" and group.whole_units:
+    if group.by_head and group.whole_units:
         per_head = score.view(-1, group.unit).sum(1)
         order = torch.argsort(per_head, stable=True)[:count]
         keep.view(-1, group.unit)[order] = False
         return keep
-    unit = group.unit if group.kind == "attention" else group.size
+    unit = group.unit if group.by_head else group.size
     rows = score.view(-1, unit)
     order = torch.argsort(rows, dim=1, stable=True)[:, :count]
     keep.view(-1, unit).scatter_(1, order, False)
