@@ -36,7 +36,7 @@ def build_parser():
 
 
 def main(argv=None):
-    from tencentpretrain.data.processors import PreprocessOptions, preprocess
+    from tencentpretrain.data.pipeline import PreprocessOptions, preprocess
     a = build_parser().parse_args(argv)
     preprocess(PreprocessOptions(
         corpus_path=a.corpus_path, dataset_path=a.dataset_path, data_processor=a.data_processor,

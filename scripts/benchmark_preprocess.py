@@ -12,7 +12,7 @@ import resource  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from tencentpretrain.data.processors import PreprocessOptions, preprocess  # noqa: E402
+from tencentpretrain.data.pipeline import PreprocessOptions, preprocess  # noqa: E402
 from tencentpretrain.errors import run_cli  # noqa: E402
 from tencentpretrain.resources import repo_root  # noqa: E402
 

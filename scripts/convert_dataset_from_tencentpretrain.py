@@ -39,7 +39,7 @@ def build_parser():
 
 def main(argv=None):
     from tencentpretrain.convert.tp_dataset import convert_dataset
-    from tencentpretrain.data.processors import build_tokenizer_for
+    from tencentpretrain.data.pipeline import build_tokenizer_for
     from tencentpretrain.resources import default_vocab_path, resolve
     a = build_parser().parse_args(argv)
     a.vocab_path, a.spm_model_path = resolve(a.vocab_path), resolve(a.spm_model_path)

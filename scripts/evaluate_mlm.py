@@ -14,14 +14,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 
 from tencentpretrain.errors import run_cli  # noqa: E402
 
 
 def main(argv=None):
     from tencentpretrain.evaluation import count_parameters, load_model, mlm_accuracy
-    from tencentpretrain.utils.io import atomic_write
+    from tencentpretrain.utils.io import write_json
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load_model_path", required=True, help="model weights with an MLM head (target.mlm.*)")
     p.add_argument("--config_path", required=True, help="its model config json")
@@ -42,9 +41,7 @@ def main(argv=None):
           f"masked tokens in {result['instances']} instances of {args.dataset_path} (seed {args.seed}); "
           f"{result['params'] / 1e6:.2f}M parameters (embeddings + encoder)")
     if args.output_path:
-        with atomic_write(args.output_path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        write_json(args.output_path, result)
 
 
 if __name__ == "__main__":

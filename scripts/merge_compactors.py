@@ -22,25 +22,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 
+from tencentpretrain import features  # noqa: E402
 from tencentpretrain.errors import run_cli  # noqa: E402
-from tencentpretrain.wid.cli import wid_opts  # noqa: E402
-from tencentpretrain.wid.merge import merge_checkpoint  # noqa: E402
 
 
 def main(argv=None):
+    wid = features.get("wid")  # the merge is WID's export (tencentpretrain/wid/feature.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load_model_path", required=True, help="compacted checkpoint written by pretrain.py")
     parser.add_argument("--config_path", required=True, help="the WID config it was trained with")
     parser.add_argument("--output_model_path", required=True, help="where to write the dense student")
     parser.add_argument("--output_config_path", default=None,
                         help="student config json (default: beside the model, <name>_config.json)")
-    parser.add_argument("--allow_live_masked", action="store_true",
-                        help="merge even if masked coordinates have not decayed below wid.zero_below yet "
-                             "(the student then differs from the trained model; a warning says by how much)")
-    wid_opts(parser)  # the same WID flags the training run was given, if any
+    wid.add_export_options(parser)  # --allow_live_masked and the run's WID flags
     args = parser.parse_args(argv)
-    config_path, cfg = merge_checkpoint(args.load_model_path, args.config_path, args.output_model_path,
-                                        args.output_config_path, vars(args), args.allow_live_masked)
+    config_path, cfg = wid.export(args.load_model_path, args.config_path, args.output_model_path,
+                                  args.output_config_path, vars(args))
     print(f"student: hidden {cfg['hidden_size']}, {cfg['heads_num']} heads, FFN {cfg['feedforward_size']}, "
           f"{cfg['layers_num']} layers -> {args.output_model_path}, config {config_path}")
 

@@ -6,7 +6,8 @@
 
 writes models/pruned_192.bin and models/pruned_192_config.json. Tied dimensions are pruned together (the
 residual stream everywhere, each layer's attention width in Q/K/V/output, each FFN width), keeping the
-coordinates with the largest weight norms; see tencentpretrain/pruning.py.
+coordinates with the largest weight norms: WID's mask groups with their masks set once, then WID's merge;
+see tencentpretrain/pruning.py.
 """
 import os
 import sys
@@ -20,6 +21,7 @@ from tencentpretrain.errors import run_cli  # noqa: E402
 
 def main(argv=None):
     from tencentpretrain.pruning import prune_checkpoint
+    from tencentpretrain.wid.strategies import strategy_names
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load_model_path", required=True)
     p.add_argument("--config_path", required=True)
@@ -27,8 +29,9 @@ def main(argv=None):
     p.add_argument("--output_config_path", default=None, help="default: <output stem>_config.json")
     p.add_argument("--target_dim", type=int, required=True, help="hidden size of the pruned model")
     p.add_argument("--target_feedforward_size", type=int, default=None, help="default: scaled with --target_dim")
-    p.add_argument("--strategy", choices=("dim", "head"), default="dim",
-                   help="dim: keep every head, each narrower; head: keep the strongest whole heads")
+    p.add_argument("--strategy", choices=strategy_names(), default="dim",
+                   help="a WID mask strategy (tencentpretrain/wid/strategies). dim: keep every head, each "
+                        "narrower; head: keep the strongest whole heads")
     args = p.parse_args(argv)
     result, config_path = prune_checkpoint(args.load_model_path, args.config_path, args.output_model_path,
                                            args.target_dim, args.target_feedforward_size, args.strategy,

@@ -12,6 +12,7 @@ Fine-tuning prints its progress (step, loss, examples/s, ETA) as it goes. Re-run
 resumes (finished stages are skipped). Outputs go to --run_dir
 (default runs/wid_demo_<preset>): results.json, results.md, wid_plot.png, logs/, and the models.
 """
+# The stages, presets and report are the package scripts/wid_demo_app/ beside this file.
 import os
 import sys
 
@@ -24,7 +25,7 @@ from tencentpretrain.errors import UserError, run_cli  # noqa: E402
 
 
 def main(argv=None):
-    from tencentpretrain.demo import PRESETS, Demo, publish, preset_with
+    from wid_demo_app import PRESETS, Demo, preset_with, publish
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="quick")
     p.add_argument("--run_dir", default=None, help="default: runs/wid_demo_<preset>")

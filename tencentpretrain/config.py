@@ -11,7 +11,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from tencentpretrain import features
 from tencentpretrain.errors import UserError
+from tencentpretrain.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS
+from tencentpretrain.utils.io import write_json
 
 ACTIVATIONS = ("gelu", "gelu_fast", "relu", "silu")
 MASKS = ("fully_visible", "causal")
@@ -50,7 +53,26 @@ class ModelConfig:
     labels_num: Optional[int] = None  # for the `cls` target
     vocab_size: Optional[int] = None  # set from the vocabulary when not given
     data_processor: str = "bert"  # the processor whose datasets this model trains on
-    wid: Optional[typing.Any] = None  # a WidConfig (tencentpretrain.wid.config) or None
+    # Feature blocks (tencentpretrain/features.py), by block name: {"wid": WidConfig}. In a file they are
+    # top-level keys ("wid": {...}); in code `cfg.wid` reads a block (None when absent) and sets it.
+    features: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.features = dict(self.features)  # dataclasses.replace must not share the blocks
+
+    def __getattr__(self, name):  # only called for names that are not attributes
+        if name in features.FEATURES:
+            return self.__dict__.get("features", {}).get(name)
+        raise AttributeError(f"'ModelConfig' has no attribute '{name}'")
+
+    def __setattr__(self, name, value):
+        if name in features.FEATURES:
+            if value is None:
+                self.features.pop(name, None)
+            else:
+                self.features[name] = value
+        else:
+            object.__setattr__(self, name, value)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -64,16 +86,14 @@ class ModelConfig:
         return 1e-6 if self.layernorm == "normal" else 1e-12
 
     def to_dict(self):
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if self.wid is not None:
-            d["wid"] = self.wid.to_dict() if hasattr(self.wid, "to_dict") else dict(self.wid)
+        """The config as a file holds it: the fields, then each feature block as a top-level key."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "features"}
+        for name, block in self.features.items():
+            d[name] = block.to_dict() if hasattr(block, "to_dict") else dict(block)
         return {k: v for k, v in d.items() if v is not None}
 
     def save(self, path):
-        from tencentpretrain.utils.io import atomic_write
-        with atomic_write(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+        write_json(path, self.to_dict())
 
 
 WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt")
@@ -88,7 +108,7 @@ def config_path_beside(model_path):
     return model_path + "_config.json"
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig) if f.name != "features"}
 # Keys TencentPretrain's config files carry that concern other stages; accepted and ignored here.
 FOREIGN_KEYS = {"seq_length", "tokenizer", "vocab_path", "spm_model_path", "do_lower_case"}
 
@@ -132,8 +152,6 @@ def _check_type(key, value, where):
         if optional:
             return None
         raise UserError(f"{where}: key '{key}' must not be null")
-    if tp is typing.Any:
-        return value
     if typing.get_origin(tp) in (list, List):
         if isinstance(value, str):
             value = [value]
@@ -165,7 +183,6 @@ def _choice(key, value, choices, where):
 
 
 def validate(cfg, where="model config"):
-    from tencentpretrain.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS
     for key in ("emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
                 "max_seq_length"):
         if getattr(cfg, key) <= 0:
@@ -202,30 +219,42 @@ def validate(cfg, where="model config"):
 
 
 def load_model_config(path=None, overrides=None):
-    """Build a ModelConfig: dataclass defaults, then the file at `path`, then `overrides`."""
+    """Build a ModelConfig: dataclass defaults, then the file at `path`, then `overrides`.
+
+    A top-level key naming a feature ("wid") is that feature's block, parsed by the feature."""
     values = {}
     sources = {}
     if path:
         for key, value in read_config_file(path).items():
             if key in FOREIGN_KEYS:
                 continue
-            if key not in FIELDS:
-                close = difflib.get_close_matches(key, list(FIELDS), n=1)
+            if key not in FIELDS and key not in features.FEATURES:
+                close = difflib.get_close_matches(key, list(FIELDS) + list(features.FEATURES), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise UserError(f"{path}: unknown key '{key}'{hint}")
             values[key], sources[key] = value, path
     for key, value in (overrides or {}).items():
-        if key not in FIELDS:
+        if key not in FIELDS and key not in features.FEATURES:
             raise UserError(f"unknown model option '{key}'")
         values[key], sources[key] = value, "command line"
-    kwargs = {}
-    for key, value in values.items():
-        if key == "wid":
-            continue
-        kwargs[key] = _check_type(key, value, sources[key])
-    cfg = ModelConfig(**kwargs)
-    if values.get("wid") is not None:
-        from tencentpretrain.wid.config import WidConfig
-        wid = values["wid"]
-        cfg.wid = wid if isinstance(wid, WidConfig) else WidConfig.from_dict(wid, where=sources["wid"])
+    cfg = ModelConfig(**{k: _check_type(k, v, sources[k]) for k, v in values.items() if k in FIELDS})
+    for name in features.FEATURES:
+        if values.get(name) is not None:
+            cfg.features[name] = features.get(name).parse_block(values[name], where=sources[name])
     return validate(cfg, where=path or "model config")
+
+
+# The embedding tables whose sizes a checkpoint fixes, whatever the config file says.
+TABLE_KEYS = {"vocab_size": "embedding.word.embedding.weight", "max_seq_length": "embedding.pos.embedding.weight"}
+
+
+def table_sizes(state_dict):
+    """vocab_size and max_seq_length read from a state dict's embedding tables (those it has)."""
+    return {name: state_dict[key].shape[0] for name, key in TABLE_KEYS.items() if key in state_dict}
+
+
+def config_for_checkpoint(config_path, state_dict, overrides=None):
+    """The config at `config_path` made to fit the checkpoint `state_dict`: its vocabulary and position
+    table sizes come from the weights (the run may have set them on the command line); `overrides`,
+    e.g. flags the user typed, win over both."""
+    return load_model_config(config_path, {**table_sizes(state_dict), **(overrides or {})})

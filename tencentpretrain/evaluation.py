@@ -9,24 +9,19 @@ import time
 
 import torch
 
+from tencentpretrain.config import config_for_checkpoint
 from tencentpretrain.constants import IGNORE_INDEX
+from tencentpretrain.data.loader import DataLoader
+from tencentpretrain.data.tokenizers import build_tokenizer
+from tencentpretrain.model_builder import build_model
+from tencentpretrain.model_io import load_model_weights, load_state_dict_file
 
 
 def load_model(config_path, model_path=None, overrides=None):
     """A model built from a config json and loaded from `model_path` (strict, except a next-sentence head
     the config does not have)."""
-    from tencentpretrain.config import load_model_config
-    from tencentpretrain.data.tokenizers import build_tokenizer
-    from tencentpretrain.model_builder import build_model
-    from tencentpretrain.model_io import load_model_weights, load_state_dict_file
     sd = load_state_dict_file(model_path) if model_path else None
-    over = dict(overrides or {})
-    if sd is not None:  # table sizes from the checkpoint
-        for name, key in (("vocab_size", "embedding.word.embedding.weight"),
-                          ("max_seq_length", "embedding.pos.embedding.weight")):
-            if key in sd and name not in over:
-                over[name] = sd[key].shape[0]
-    cfg = load_model_config(config_path, over)
+    cfg = config_for_checkpoint(config_path, sd or {}, overrides)  # table sizes from the checkpoint
     if cfg.vocab_size is None:
         cfg.vocab_size = build_tokenizer().vocab_size
     model = build_model(cfg)
@@ -55,7 +50,6 @@ def mlm_accuracy(model, dataset_path, batch_size=32, seed=7, max_instances=None)
     Returns {"mlm_acc", "mlm_loss", "predictions", "instances", "seed"}. Deterministic: instances in
     file order, dynamic masks from `seed` (static datasets carry their own masks).
     """
-    from tencentpretrain.data.loader import DataLoader
     loader = DataLoader(dataset_path, batch_size, seed=seed, shuffle=False)
     n = loader.instances_num if max_instances is None else min(max_instances, loader.instances_num)
     model.eval()

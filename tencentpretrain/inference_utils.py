@@ -9,8 +9,16 @@ import argparse
 
 import torch
 
+from tencentpretrain import resources
+from tencentpretrain.config import validate
+from tencentpretrain.data.tokenizers import SentencePieceTokenizer, build_tokenizer
+from tencentpretrain.data.vocab import Vocab
 from tencentpretrain.errors import UserError
+from tencentpretrain.model_builder import build_model
+from tencentpretrain.model_io import load_model_weights, load_state_dict_file
 from tencentpretrain.opts import model_config_from_args, model_opts, tokenizer_opts
+from tencentpretrain.resources import resolve
+from tencentpretrain.tasks.engine import pick_device
 
 WORD_EMBEDDING_KEY = "embedding.word.embedding.weight"
 
@@ -40,8 +48,6 @@ def check_positive(args, *names):
 
 
 def build_tokenizer_from_args(args):
-    from tencentpretrain.data.tokenizers import build_tokenizer
-    from tencentpretrain.resources import resolve
     return build_tokenizer(args.tokenizer, vocab_path=resolve(args.vocab_path),
                            spm_model_path=resolve(args.spm_model_path), do_lower_case=args.do_lower_case)
 
@@ -71,11 +77,6 @@ def load_inference_model(args, target=None, log=print):
     checkpoint must carry it; other heads in the checkpoint are ignored. None: embedding and encoder
     only (any head, pre-training or fine-tuning, is ignored).
     """
-    from tencentpretrain.config import validate
-    from tencentpretrain.model_builder import build_model
-    from tencentpretrain.model_io import load_model_weights, load_state_dict_file
-    from tencentpretrain.resources import resolve
-    from tencentpretrain.tasks.engine import pick_device
     if not args.config_path:
         raise UserError("--config_path is required: the model config the checkpoint was trained with, "
                         "e.g. models/bert/base_config.json")
@@ -115,17 +116,13 @@ def embedding_opts(parser):
 
 def load_vocab(vocab_path=None, spm_model_path=None):
     """The token list of --vocab_path (default: the shipped uncased vocab), or of a SentencePiece model."""
-    from tencentpretrain import resources
-    from tencentpretrain.data.vocab import Vocab
     if spm_model_path:
-        from tencentpretrain.data.tokenizers import SentencePieceTokenizer
         return SentencePieceTokenizer(spm_model_path).vocab
     return Vocab.load(vocab_path or resources.default_vocab_path())
 
 
 def load_word_embedding(model_path, vocab):
     """The checkpoint's word embedding matrix [vocab size, emb size] as float32, checked against `vocab`."""
-    from tencentpretrain.model_io import load_state_dict_file
     sd = load_state_dict_file(model_path)
     check_vocab_fits(sd, len(vocab), _vocab_source(vocab), model_path)
     return sd[WORD_EMBEDDING_KEY].float()
@@ -153,7 +150,6 @@ def padded_batches(rows, batch_size, pad_id, device="cpu"):
         src = torch.tensor([r + [pad_id] * (width - len(r)) for r in chunk], dtype=torch.long)
         seg = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], dtype=torch.long)
         yield src.to(device), seg.to(device)
-
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

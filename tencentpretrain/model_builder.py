@@ -1,6 +1,9 @@
-"""Assemble a Model from a ModelConfig: each of the five components is chosen by name."""
+"""Assemble a Model from a ModelConfig: each of the five components is chosen by name, and the
+features the config has a block for (tencentpretrain/features.py) may replace the embedding and
+adjust the built model."""
 import torch.nn as nn
 
+from tencentpretrain import features
 from tencentpretrain.embeddings.embedding import Embedding
 from tencentpretrain.errors import UserError
 from tencentpretrain.models.model import Model
@@ -9,9 +12,12 @@ from tencentpretrain.targets.target import Target
 
 
 def build_embedding(cfg, names=None):
-    if names is None and cfg.wid is not None:  # WID: a compactor on the summed embeddings
-        from tencentpretrain.wid.modules import CompactedEmbedding
-        return CompactedEmbedding(cfg, cfg.embedding)
+    """The encoder's embedding (`names` None; a feature may supply its own) or the decoder's (`names`)."""
+    if names is None:
+        for feature in features.active(cfg):
+            embedding = feature.build_embedding(cfg)
+            if embedding is not None:
+                return embedding
     return Embedding(cfg, names or cfg.embedding)
 
 
@@ -56,7 +62,6 @@ def build_model(cfg):
     model = Model(cfg, embedding, encoder, tgt_embedding, decoder, Target(cfg))
     init_weights(model)
     tie_weights(model, cfg)
-    if cfg.wid is not None:  # identity compactors and the mask groups (tencentpretrain/wid)
-        from tencentpretrain.wid.model import attach_wid
-        attach_wid(model)
+    for feature in features.active(cfg):  # WID: identity compactors and the mask groups
+        feature.on_model_built(model)
     return model

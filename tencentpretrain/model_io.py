@@ -51,14 +51,6 @@ class LoadReport:
     unexpected: list = field(default_factory=list)
     mismatched: list = field(default_factory=list)  # (key, checkpoint shape, model shape)
 
-    def summary(self):
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected")
-        return ", ".join(parts) or "all keys matched"
-
 
 def _listing(keys, limit=8):
     shown = ", ".join(str(k) for k in keys[:limit])

@@ -4,10 +4,11 @@ Model options default to "not given" (argparse.SUPPRESS), so that only flags the
 override the config file: defaults < config file < explicit CLI flags.
 """
 import argparse
-import copy
 
+from tencentpretrain import features
 from tencentpretrain.config import FIELDS, load_model_config
 from tencentpretrain.registry import DECODERS, EMBEDDINGS, ENCODERS, PROCESSORS, TARGETS, TOKENIZERS
+from tencentpretrain.utils.log import LEVELS
 
 
 def _bool(text):
@@ -58,7 +59,6 @@ def tokenizer_opts(parser):
 
 def log_opts(parser):
     """TencentPretrain's logging flags (see tencentpretrain/utils/log.py); returns the group."""
-    from tencentpretrain.utils.log import LEVELS
     g = parser.add_argument_group("logging")
     g.add_argument("--log_path", default=None,
                    help="also write the progress lines and notes to this file (appended; default: none)")
@@ -70,14 +70,8 @@ def log_opts(parser):
 
 
 def parse_args(parser, argv=None):
-    """Parse `argv`; also return the set of option names the user gave explicitly."""
-    args = parser.parse_args(argv)
-    probe = copy.deepcopy(parser)
-    for action in probe._actions:
-        if action.dest != "help":
-            action.default = argparse.SUPPRESS
-    explicit = set(vars(probe.parse_args(argv)))
-    return args, explicit
+    """Parse `argv`, with the options of the features it uses (see features.parse_args)."""
+    return features.parse_args(parser, argv)
 
 
 def model_config_from_args(args, **extra):

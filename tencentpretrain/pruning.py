@@ -1,42 +1,37 @@
 """One-shot magnitude pruning of a BERT to a smaller dense shape (the WID demo's baseline).
 
-The dimensions that must go together are the same groups WID masks (see WID.md section 3):
+A pruned model is WID's mask groups (wid/groups.py) with their masks set once from the teacher's
+weight norms instead of grown from trained compactors:
     S     the residual stream: embedding tables' columns, every LayerNorm on the stream, the input
           columns of Q/K/V, FFN-in and the MLM head dense, the output rows of attention-out and FFN-out
     A.l   layer l's attention width: Q/K/V output rows, attention-out input columns
     F.l   layer l's FFN width: FFN-in output rows, FFN-out input columns
-    M     the MLM head width; with tie_weights the decoder is the word table, so M is S
+    M     the MLM head width; with tie_weights the decoder is the word table, so M keeps S's coordinates
 A coordinate's importance is the sum, over the weight matrices and embedding tables of its group, of
-its slice's squared L2 norm divided by the tensor's squared norm (each tensor has the same say, so the
-30k-row word table does not outvote the layers). The largest scores are kept, in their original order.
-
-Attention, strategy "dim": every head keeps its `head_size` strongest dims (all heads kept, narrower);
-strategy "head": the `heads_num` strongest heads are kept whole. With "dim" the student divides scores
-by sqrt(new head size), so sqrt(new / old) is folded into W_q, b_q (as WID's merge does): the pruned
-attention scores then equal the teacher's restricted to the kept dims.
+its slice's squared L2 norm divided by the tensor's squared norm (schedule.weight_magnitude). Each
+group keeps its largest scores, cut as the WID mask strategy cuts it (wid/strategies): `dim` keeps every
+head's strongest dims (all heads, narrower), `head` the strongest whole heads; S and F.l anywhere.
+WID's merge then folds the model: with identity compactors that is the kept slices of the teacher's
+weights, plus sqrt(new / old head size) folded into W_q, b_q when the heads narrow, so the pruned
+attention scores equal the teacher's restricted to the kept dims.
 """
-import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 
+from tencentpretrain.config import config_for_checkpoint, config_path_beside, load_model_config
 from tencentpretrain.errors import UserError
+from tencentpretrain.model_builder import build_model
+from tencentpretrain.model_io import load_model_weights, load_state_dict_file, save_state_dict
+from tencentpretrain.utils.io import write_json
+from tencentpretrain.wid import schedule
+from tencentpretrain.wid.config import plan_geometry
+from tencentpretrain.wid.groups import groups_of
+from tencentpretrain.wid.merge import check_heads, fold_model, fold_score_scale
+from tencentpretrain.wid.model import teacher_allowances
+from tencentpretrain.wid.strategies import get_strategy
 
-_LAYER = re.compile(r"^encoder\.transformer\.(\d+)\.(.+)$")
-# Per-layer parameter -> (output-side group, input-side group); "S" stream, "A" attention, "F" FFN.
-_LAYER_RULES = {
-    "self_attn.linear_layers.0": ("A", "S"), "self_attn.linear_layers.1": ("A", "S"),
-    "self_attn.linear_layers.2": ("A", "S"), "self_attn.final_linear": ("S", "A"),
-    "feed_forward.linear_1": ("F", "S"), "feed_forward.linear_2": ("S", "F"),
-    "layer_norm_1": ("S", None), "layer_norm_2": ("S", None),
-}
-_GLOBAL_RULES = {  # non-layer module -> (output-side group, input-side group)
-    "embedding.layer_norm": ("S", None), "encoder.layer_norm": ("S", None),
-    "target.mlm.linear_1": ("M", "S"), "target.mlm.layer_norm": ("M", None),
-    "target.mlm.linear_2": (None, "M"),  # the vocabulary is never pruned
-}
-_TABLES = ("embedding.word.embedding.weight", "embedding.pos.embedding.weight", "embedding.seg.embedding.weight")
+SKIPPED = "target.sp."  # the pooler/next-sentence head reads a width no group tracks: the student is MLM only
 
 
 @dataclass
@@ -47,57 +42,12 @@ class PruneResult:
     dropped_keys: list = field(default_factory=list)  # heads the student cannot keep (next-sentence)
 
 
-def _rule(key):
-    """(module, param, out_group, in_group) of a BERT key, groups suffixed with the layer (A.3)."""
-    module, _, param = key.rpartition(".")
-    m = _LAYER.match(module)
-    if m:
-        layer, local = m.groups()
-        if local not in _LAYER_RULES:
-            return None
-        return module, param, *(g and (g if g == "S" else f"{g}.{layer}") for g in _LAYER_RULES[local])
-    if key in _TABLES:
-        return module, param, None, "S"  # [rows, H]: columns are the stream
-    if module in _GLOBAL_RULES:
-        return module, param, *_GLOBAL_RULES[module]
-    return None
-
-
-def _scores(sd, rules):
-    """group -> importance per coordinate (normalised squared norms summed over the group's matrices)."""
-    scores = {}
-    for key, (_module, param, out_g, in_g) in rules.items():
-        w = sd[key].double()
-        if w.dim() != 2 or param != "weight":  # weight matrices and tables only: "weight magnitude"
-            continue
-        total = w.pow(2).sum().clamp_min(1e-30)
-        for g, per in ((out_g, w.pow(2).sum(1)), (in_g, w.pow(2).sum(0))):
-            if g is not None:
-                scores[g] = scores.get(g, 0) + per / total
-    return scores
-
-
-def _top(score, k):
-    return torch.sort(torch.topk(score, k).indices).values
-
-
-def _attention_keep(score, heads, head_size, new_heads, new_head_size, strategy):
-    per_head = score.view(heads, head_size)
-    if strategy == "dim":
-        keep = [h * head_size + _top(per_head[h], new_head_size) for h in range(heads)]
-        return torch.cat(keep)
-    kept_heads = _top(per_head.sum(1), new_heads)
-    return (kept_heads[:, None] * head_size + torch.arange(head_size)).flatten()
-
-
-def prune_state_dict(sd, cfg, hidden_size, feedforward_size=None, strategy="dim"):
-    """Prune a BERT state dict (TencentPretrain keys) with config `cfg` (a ModelConfig) to `hidden_size`
-    (residual stream and MLM head) and `feedforward_size` (default: scaled like the hidden size).
-
-    strategy "dim" keeps all heads_num heads with hidden_size / heads_num dims each; "head" keeps
-    hidden_size / head_size whole heads. Returns a PruneResult.
-    """
+def check_prunable(cfg, hidden_size, feedforward_size, strategy):
+    """The target widths for teacher `cfg`, checked: (feedforward_size, strategy object)."""
     H, heads, d, F = cfg.hidden_size, cfg.heads_num, cfg.head_size, cfg.feedforward_size
+    if cfg.encoder != "transformer" or cfg.decoder is not None:
+        raise UserError(f"cannot prune a '{cfg.encoder}' encoder{' with a decoder' if cfg.decoder else ''}: only "
+                        f"BERT encoders with an MLM head are supported (prune before fine-tuning)")
     if cfg.emb_size != H:
         raise UserError(f"magnitude pruning needs emb_size == hidden_size (got {cfg.emb_size} and {H})")
     if heads * d != H:
@@ -108,59 +58,72 @@ def prune_state_dict(sd, cfg, hidden_size, feedforward_size=None, strategy="dim"
     if not 1 <= hidden_size <= H or not 1 <= feedforward_size <= F:
         raise UserError(f"target hidden {hidden_size} / feedforward {feedforward_size} must be between 1 and the "
                         f"model's {H} / {F}")
-    if strategy == "dim":
-        if hidden_size % heads:
-            raise UserError(f"strategy 'dim' keeps all {heads} heads, so the hidden size must be a multiple of "
-                            f"{heads}; {hidden_size} is not")
-        new_heads, new_d = heads, hidden_size // heads
-    elif strategy == "head":
-        if hidden_size % d:
-            raise UserError(f"strategy 'head' keeps whole heads of {d} dims, so the hidden size must be a "
-                            f"multiple of {d}; {hidden_size} is not")
-        new_heads, new_d = hidden_size // d, d
-    else:
-        raise UserError(f"strategy {strategy!r}: choose dim or head")
+    strategy = get_strategy(strategy, where="strategy")
+    strategy.heads_for(H, heads, d, hidden_size, what="the hidden size")
+    return feedforward_size, strategy
 
-    rules, dropped, unknown = {}, [], []
-    for key in sd:
-        r = _rule(key)
-        if r is not None:
-            rules[key] = r
-        elif key.startswith("target.sp."):
-            dropped.append(key)  # the pooler/NSP head reads a width we do not track; MLM only
-        else:
-            unknown.append(key)
+
+def grouped_model(cfg, hidden_size, feedforward_size, strategy):
+    """The teacher's architecture as a WID model aiming at the target widths (identity compactors,
+    nothing masked yet). Built without touching the global random state."""
+    d = cfg.to_dict()
+    d.update(encoder="wid_transformer", target=["wid_mlm"],
+             wid={"target_hidden_size": hidden_size, "target_feedforward_size": feedforward_size,
+                  "strategy": strategy})
+    with torch.random.fork_rng(devices=[]):
+        return build_model(load_model_config(None, d))
+
+
+@torch.no_grad()
+def mask_by_magnitude(model, counted):
+    """Set every group's mask once, at its target width, from the weights `counted(module, name)` accepts."""
+    geometry = plan_geometry(model.cfg)
+    groups = {g.name: g for g in groups_of(model)}
+    for g in groups.values():
+        score = schedule.weight_magnitude(g, counted)
+        g.keep.copy_(schedule.select(g, score, schedule.count_at(g, 1.0, geometry)))
+    if model.cfg.tie_weights:  # the decoder is the word table, whose columns are the stream
+        groups["M"].keep.copy_(groups["S"].keep)
+    for g in groups.values():
+        g.refresh()
+    check_heads(model, geometry)
+    return geometry
+
+
+def prune_state_dict(sd, cfg, hidden_size, feedforward_size=None, strategy="dim"):
+    """Prune a BERT state dict (TencentPretrain keys) with config `cfg` (a ModelConfig) to `hidden_size`
+    (residual stream and MLM head) and `feedforward_size` (default: scaled like the hidden size).
+
+    strategy "dim" keeps all heads_num heads with hidden_size / heads_num dims each; "head" keeps
+    hidden_size / head_size whole heads (any registered WID mask strategy works). Returns a PruneResult.
+    """
+    feedforward_size, strategy = check_prunable(cfg, hidden_size, feedforward_size, strategy)
+    model = grouped_model(cfg, hidden_size, feedforward_size, strategy.name)
+    own = model.state_dict()
+    if any(v.dtype == torch.float64 for v in sd.values()):
+        model.double()  # float64 weights are kept exactly
+    missing, _ = teacher_allowances(model)
+    # The model's keys the checkpoint lacks (an encoder without an MLM head) start from init and are left out.
+    load_model_weights(model, {k: v for k, v in sd.items() if k in own}, allow_missing=missing + ("target.mlm.",))
+    names = {id(m): name for name, m in model.named_modules()}
+
+    def given(module, name):  # a matrix the checkpoint supplied (under this module's own key)
+        return f"{names[id(module)]}.{name}" in sd
+
+    geometry = mask_by_magnitude(model, given)
+    folded = fold_model(model)
+    dropped = [k for k in sd if k.startswith(SKIPPED)]
+    unknown = [k for k in sd if k not in folded and not k.startswith(SKIPPED)]
     if unknown:
         raise UserError(f"cannot prune keys {unknown[:5]}{' ...' if len(unknown) > 5 else ''}: only BERT "
                         f"encoders with an MLM head are supported (prune before fine-tuning)")
-    scores = _scores(sd, rules)
-    kept = {"S": _top(scores["S"], hidden_size)}
-    for layer in range(cfg.layers_num):
-        kept[f"A.{layer}"] = _attention_keep(scores[f"A.{layer}"], heads, d, new_heads, new_d, strategy)
-        kept[f"F.{layer}"] = _top(scores[f"F.{layer}"], feedforward_size)
-    if "M" in scores:
-        # Tied decoder = word table, whose columns are the stream: the head must keep S's coordinates.
-        kept["M"] = kept["S"] if cfg.tie_weights else _top(scores["M"], hidden_size)
-
-    out = {}
-    for key, (_module, param, out_g, in_g) in rules.items():
-        w = sd[key]
-        if out_g is not None:
-            w = w.index_select(0, kept[out_g])
-        if in_g is not None and w.dim() == 2:
-            w = w.index_select(1, kept[in_g])
-        out[key] = w.clone().contiguous()
-    if strategy == "dim" and new_d != d:
-        scale = math.sqrt(new_d / d)  # the student divides scores by sqrt(new_d) instead of sqrt(d)
-        for layer in range(cfg.layers_num):
-            for param in ("weight", "bias"):
-                key = f"encoder.transformer.{layer}.self_attn.linear_layers.0.{param}"
-                if key in out:
-                    out[key] = out[key] * scale
+    out = {k: folded[k].to(sd[k].dtype).contiguous() for k in sd if k in folded}
+    fold_score_scale(out, cfg.layers_num, geometry)  # in the checkpoint's precision
+    kept = {g.name: g.kept_index() for g in groups_of(model)
+            if g.name != "M" or any(given(m, name) for m, name, _ in g.weights())}
     student = cfg.to_dict()
     student.pop("wid", None)
-    student.update(hidden_size=hidden_size, emb_size=hidden_size, feedforward_size=feedforward_size,
-                   heads_num=new_heads, target=[t for t in cfg.target if t != "sp"] or ["mlm"])
+    student.update(geometry.student_overrides(), target=[t for t in cfg.target if t != "sp"] or ["mlm"])
     student.pop("attention_head_size", None)
     return PruneResult(out, student, kept, dropped)
 
@@ -168,20 +131,9 @@ def prune_state_dict(sd, cfg, hidden_size, feedforward_size=None, strategy="dim"
 def prune_checkpoint(model_path, config_path, output_model_path, hidden_size, feedforward_size=None,
                      strategy="dim", output_config_path=None):
     """Files in, files out: the pruned weights and their config json. Returns (PruneResult, config path)."""
-    import json
-
-    from tencentpretrain.config import load_model_config
-    from tencentpretrain.model_io import load_state_dict_file, save_state_dict
-    from tencentpretrain.utils.io import atomic_write
-    from tencentpretrain.wid.merge import student_config_path
-
     sd = load_state_dict_file(model_path)
-    shapes = {"vocab_size": "embedding.word.embedding.weight", "max_seq_length": "embedding.pos.embedding.weight"}
-    cfg = load_model_config(config_path, {k: sd[key].shape[0] for k, key in shapes.items() if key in sd})
-    result = prune_state_dict(sd, cfg, hidden_size, feedforward_size, strategy)
+    result = prune_state_dict(sd, config_for_checkpoint(config_path, sd), hidden_size, feedforward_size, strategy)
     save_state_dict(result.state_dict, output_model_path)
-    output_config_path = output_config_path or student_config_path(output_model_path)
-    with atomic_write(output_config_path, "w", encoding="utf-8") as f:
-        json.dump(result.config, f, indent=2)
-        f.write("\n")
+    output_config_path = output_config_path or config_path_beside(output_model_path)
+    write_json(output_config_path, result.config)
     return result, output_config_path

@@ -8,7 +8,7 @@ import torch
 
 from tencentpretrain.data.dataset import MAGIC, Dataset, check_compatible, read_header
 from tencentpretrain.data.loader import build_loader
-from tencentpretrain.data.processors import PreprocessOptions, preprocess
+from tencentpretrain.data.pipeline import PreprocessOptions, preprocess
 from tencentpretrain.errors import UserError
 
 WORDS = "the cat sat on a mat while dog ran far away from big small red blue green house tree".split()

@@ -9,7 +9,7 @@ import torch
 
 from tencentpretrain.config import load_model_config
 from tencentpretrain.data.loader import DataLoader
-from tencentpretrain.data.processors import PreprocessOptions, preprocess
+from tencentpretrain.data.pipeline import PreprocessOptions, preprocess
 from tencentpretrain.evaluation import count_parameters, load_model, measure_latency, mlm_accuracy
 from tencentpretrain.model_builder import build_model
 from tencentpretrain.model_io import save_state_dict

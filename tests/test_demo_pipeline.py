@@ -1,4 +1,4 @@
-"""The WID demonstration pipeline (tencentpretrain/demo.py, scripts/wid_demo.py) at its micro preset:
+"""The WID demonstration (scripts/wid_demo.py and its package scripts/wid_demo_app/) at its micro preset:
 a tiny random teacher instead of MiniLM, a slice of the corpus, every stage for real."""
 import contextlib
 import importlib.util
@@ -6,12 +6,26 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tencentpretrain.demo import Demo, preset_with, read_losses, read_widths, split_corpus
 from tencentpretrain.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the demo is an application beside the library
+
+from wid_demo_app import Demo, preset_with  # noqa: E402
+from wid_demo_app.files import split_corpus  # noqa: E402
+from wid_demo_app.report import read_losses, read_widths  # noqa: E402
+from wid_demo_app.stages import wid_config, wid_schedule_steps  # noqa: E402
+
+# all-MiniLM-L6-v2's shape (the quick, full and smoke presets' teacher), as the teacher stage converts it
+MINILM_SHAPE = {"emb_size": 384, "hidden_size": 384, "feedforward_size": 1536, "heads_num": 12, "layers_num": 6,
+                "max_seq_length": 512, "vocab_size": 30522, "target": ["mlm"], "tie_weights": True,
+                "data_processor": "mlm"}
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +117,41 @@ def test_smoke_preset_runs_every_stage_of_the_quick_start_briefly():
     assert smoke.teacher == quick.teacher == "minilm"
     assert (smoke.target_hidden, smoke.target_ffn) == (quick.target_hidden, quick.target_ffn) == (192, 768)
     assert smoke.baselines is quick.baselines is False and smoke.probe_steps == 0
-    assert smoke.schedule_steps < smoke.wid_steps <= 4 and smoke.adapt_steps <= 2
+    assert wid_schedule_steps(wid_config(smoke, MINILM_SHAPE)) < smoke.wid_steps <= 4 and smoke.adapt_steps <= 2
     assert smoke.compactor_lr * smoke.l2_lambda >= 1.0  # masked entries are dead at the merge
     assert smoke.finetune_examples <= 32 and smoke.finetune_report_steps <= 2
     demo = Demo(smoke, "/nonexistent")
     assert [name for name, _ in demo.stages()] == [name for name, _ in Demo(quick, "/nonexistent").stages()]
+
+
+def test_schedule_length_is_wids_own_plan(micro):
+    """The demo asks WID's planner for the schedule: it is the step of the last mask update WID logged."""
+    demo, _ = micro
+    planned = wid_schedule_steps(json.loads(open(demo.path("wid", "wid_config.json")).read()))
+    with open(demo.path("wid", "compacted.bin.masks.jsonl")) as f:
+        logged = max(json.loads(line)["step"] for line in f if line.strip())
+    assert planned == logged == 4  # micro: max(4 FFN stages, 2 attention stages x interval 2) x w_step 1
+    for name, steps in (("quick", 80), ("full", 160)):  # the README's "16 updates x 5 / x 10 steps"
+        preset = preset_with(name, {})
+        assert wid_schedule_steps(wid_config(preset, MINILM_SHAPE)) == steps < preset.wid_steps
+
+
+def test_wid_stage_refuses_a_run_shorter_than_the_schedule(tmp_path):
+    demo = Demo(preset_with("micro", {"wid_steps": 4}), str(tmp_path))
+    os.makedirs(demo.path("teacher"))
+    with open(demo.path("teacher", "teacher_config.json"), "w") as f:
+        json.dump({**MINILM_SHAPE, "emb_size": 48, "hidden_size": 48, "feedforward_size": 192, "heads_num": 4}, f)
+    with pytest.raises(UserError, match=r"preset micro: wid_steps 4 must exceed the mask schedule \(4 steps\)"):
+        dict(demo.stages())["wid"]()
+    assert not os.path.exists(demo.path("wid", "compacted.bin"))
+
+
+def test_library_holds_no_demo_and_the_cli_checks_its_flags():
+    assert not os.path.exists(os.path.join(ROOT, "tencentpretrain", "demo.py"))
+    script = os.path.join(ROOT, "scripts", "wid_demo.py")
+    out = subprocess.run([sys.executable, script, "--preset", "micro", "--set", "adapt_step=3"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "unknown preset setting(s) ['adapt_step']" in out.stderr
+    out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and all(f in out.stdout for f in ("--preset", "--run_dir", "--publish", "smoke"))

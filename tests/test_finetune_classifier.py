@@ -10,7 +10,7 @@ import torch
 from tencentpretrain.errors import UserError
 from tencentpretrain.resources import repo_root
 from tencentpretrain.tasks import glue
-from tencentpretrain.tasks.cli import classifier_infer_main, classifier_main, regression_main
+from tencentpretrain.tasks.classification import classifier_infer_main, classifier_main, regression_main
 
 ROOT = repo_root()
 # A 345-token vocabulary covering the samples keeps the embedding (and each step) small.

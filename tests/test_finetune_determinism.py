@@ -11,8 +11,9 @@ import os
 import pytest
 
 from tencentpretrain.resources import repo_root
-from tencentpretrain.tasks.cli import (classifier_infer_main, classifier_main, regression_infer_main,
-                                       regression_main, squad_infer_main, squad_main)
+from tencentpretrain.tasks.classification import (classifier_infer_main, classifier_main, regression_infer_main,
+                                                  regression_main)
+from tencentpretrain.tasks.squad import squad_infer_main, squad_main
 
 TINY = ["--config_path", os.path.join(repo_root(), "models", "bert", "tiny_config.json"), "--layers_num", "1",
         "--vocab_path", os.path.join(repo_root(), "datasets", "samples", "vocab.txt"), "--device", "cpu"]

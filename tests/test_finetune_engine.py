@@ -66,3 +66,21 @@ def test_batches_trim_padding_columns():
     assert first["label"].tolist() == [0, 1]
     shuffled = [b["label"].tolist() for b in batches(data, 3, torch.Generator().manual_seed(0))]
     assert sorted(shuffled[0]) == [0, 1, 2]
+
+
+def test_seeding_autocast_and_durations_are_the_pretraining_loops():
+    """Both loops call utils.runtime: one seeding, one autocast, one duration format (two styles)."""
+    import numpy as np
+    from tencentpretrain.utils.runtime import format_duration, seed_everything
+    seed_everything(5)
+    first = (torch.rand(3), np.random.rand())
+    seed_everything(5 + (1 << 32))  # NumPy takes the seed modulo 2**32, torch accepts it as is
+    assert np.random.rand() == first[1]
+    seed_everything(5)
+    assert torch.equal(torch.rand(3), first[0])
+    with RunConfig(bf16=True).autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with RunConfig().autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    assert [format_duration(s, compact=True) for s in (0, 65, 3725, -2)] == ["0m00s", "1m05s", "1h02m", "0m00s"]
+    assert [format_duration(s) for s in (65, 3725, -2)] == ["0:01:05", "1:02:05", "0:00:00"]

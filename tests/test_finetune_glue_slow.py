@@ -11,7 +11,8 @@ import pytest
 
 from tencentpretrain.resources import repo_root
 from tencentpretrain.tasks import glue
-from tencentpretrain.tasks.cli import classifier_main, regression_main, squad_main
+from tencentpretrain.tasks.classification import classifier_main, regression_main
+from tencentpretrain.tasks.squad import squad_main
 
 DATA = os.path.join(os.path.dirname(repo_root()), "shared", "data")
 pytestmark = [pytest.mark.slow,

@@ -8,7 +8,8 @@ import pytest
 
 from tencentpretrain.errors import UserError
 from tencentpretrain.resources import repo_root
-from tencentpretrain.tasks.cli import classifier_infer_main, classifier_main, regression_infer_main, regression_main
+from tencentpretrain.tasks.classification import (classifier_infer_main, classifier_main, regression_infer_main,
+                                                  regression_main)
 
 SAMPLES = os.path.join(repo_root(), "datasets", "samples", "tsv")
 TINY = ["--config_path", os.path.join(repo_root(), "models", "bert", "tiny_config.json"), "--layers_num", "1",

@@ -8,7 +8,7 @@ import torch
 from tencentpretrain.config import load_model_config
 from tencentpretrain.errors import UserError
 from tencentpretrain.resources import repo_root
-from tencentpretrain.tasks.cli import classifier_infer_main, classifier_main
+from tencentpretrain.tasks.classification import classifier_infer_main, classifier_main
 from tencentpretrain.tasks.heads import Classifier, pool
 
 TINY_CONFIG = os.path.join(repo_root(), "models", "bert", "tiny_config.json")

@@ -8,7 +8,7 @@ import torch
 
 from tencentpretrain.errors import UserError
 from tencentpretrain.resources import repo_root
-from tencentpretrain.tasks.cli import squad_infer_main, squad_main
+from tencentpretrain.tasks.squad import squad_infer_main, squad_main
 
 SAMPLES = os.path.join(repo_root(), "datasets", "samples", "squad")
 # A 345-token vocabulary covering the samples keeps the embedding (and each step) small.

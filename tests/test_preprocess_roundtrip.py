@@ -4,7 +4,7 @@ import pytest
 
 from tencentpretrain.data.dataset import Dataset
 from tencentpretrain.data.loader import build_loader
-from tencentpretrain.data.processors import PreprocessOptions, preprocess
+from tencentpretrain.data.pipeline import PreprocessOptions, preprocess
 from tencentpretrain.data.tokenizers import build_tokenizer
 
 WORDS = ("the cat sat on a mat while dog ran far away from big small red blue green house tree river "

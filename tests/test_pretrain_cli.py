@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tencentpretrain.data.processors import PreprocessOptions, preprocess
+from tencentpretrain.data.pipeline import PreprocessOptions, preprocess
 from tencentpretrain.errors import UserError
 from tencentpretrain.training.pretrain import main
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tencentpretrain.config import load_model_config
-from tencentpretrain.data.processors import PreprocessOptions, preprocess
+from tencentpretrain.data.pipeline import PreprocessOptions, preprocess
 from tencentpretrain.model_builder import build_model
 from tencentpretrain.model_io import load_model_weights
 from tencentpretrain.training.pretrain import main as pretrain

@@ -17,12 +17,11 @@ import re
 
 import torch
 
-from tencentpretrain.config import ModelConfig, config_path_beside, validate
+from tencentpretrain.config import TABLE_KEYS, ModelConfig, config_path_beside, table_sizes, validate
 from tencentpretrain.errors import UserError
 
 HEAD_SIZE = 64  # BERT's attention head size at every published size
-WORD = "embedding.word.embedding.weight"
-POS = "embedding.pos.embedding.weight"
+WORD = TABLE_KEYS["vocab_size"]
 
 
 def _stem(path):
@@ -68,6 +67,7 @@ def infer_config(sd, where, tried):
         raise UserError(f"no model config found for {where} (tried {tried_text}) and its keys are not a "
                         f"BERT's ({WORD}, encoder.transformer.N.*); pass --config_path")
     vocab, emb = sd[WORD].shape
+    sizes = table_sizes(sd)
     hidden = sd["encoder.transformer.0.self_attn.linear_layers.0.weight"].shape[0]
     if hidden % HEAD_SIZE:
         raise UserError(f"no model config found for {where} (tried {tried_text}), and heads_num cannot be "
@@ -78,7 +78,7 @@ def infer_config(sd, where, tried):
     cfg = ModelConfig(
         emb_size=emb, hidden_size=hidden, heads_num=hidden // HEAD_SIZE, layers_num=layers,
         feedforward_size=sd["encoder.transformer.0.feed_forward.linear_1.weight"].shape[0],
-        max_seq_length=sd[POS].shape[0] if POS in sd else 512, vocab_size=vocab, target=target,
+        max_seq_length=sizes.get("max_seq_length", 512), vocab_size=sizes["vocab_size"], target=target,
         layernorm_positioning="pre" if "encoder.layer_norm.gamma" in sd else "post",
         tie_weights=decoder is None or (decoder.shape == sd[WORD].shape and torch.equal(decoder, sd[WORD])))
     validate(cfg, where=f"config inferred from {where}")

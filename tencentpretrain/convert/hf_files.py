@@ -16,7 +16,7 @@ from tencentpretrain.convert.hf_bert import (ARCHITECTURES, config_from_hf, hf_t
                                              tencentpretrain_to_hf)
 from tencentpretrain.errors import UserError
 from tencentpretrain.model_io import load_state_dict_file, save_state_dict
-from tencentpretrain.utils.io import atomic_write
+from tencentpretrain.utils.io import atomic_write, write_json
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -95,9 +95,7 @@ def convert_hf_to_tencentpretrain(input_path, output_model_path, output_config_p
     log(f"{report.architecture or 'BertModel'}: {report.layers_num} layers, heads "
         f"{', '.join(report.heads) or 'none'} -> {output_model_path} ({len(ours)} tensors)")
     if config is not None:
-        with atomic_write(output_config_path, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
+        write_json(output_config_path, config)
         log(f"config -> {output_config_path} (layernorm {layernorm}, eps {config['layernorm_eps']:g}, "
             f"target {config['target']}); train with --config_path {output_config_path}")
     else:
@@ -177,9 +175,7 @@ def convert_tencentpretrain_to_hf(input_model_path, config_path, output_path, ar
     else:
         save_state_dict(hf_sd, weights)
     if not single:
-        with atomic_write(os.path.join(output_path, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_cfg, f, indent=2)
-            f.write("\n")
+        write_json(os.path.join(output_path, "config.json"), hf_cfg)
         if vocab_path:
             shutil.copyfile(vocab_path, os.path.join(output_path, "vocab.txt"))
     log(f"{hf_cfg['architectures'][0]} -> {output_path} ({len(hf_sd)} tensors"

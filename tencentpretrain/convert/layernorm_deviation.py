@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 
 from tencentpretrain.convert.hf_bert import MLM_DECODER, WORD, eps_between, rescale_layernorm
+from tencentpretrain.model_builder import build_model
+from tencentpretrain.model_io import load_model_weights
 
 BATCH, LENGTH, SEED = 4, 32, 0
 
@@ -33,8 +35,6 @@ class Deviation:
 
 
 def _model(cfg, sd):
-    from tencentpretrain.model_builder import build_model
-    from tencentpretrain.model_io import load_model_weights
     model = build_model(cfg)
     load_model_weights(model, sd, allow_missing=("target.",), where="the exported weights")
     return model.eval()
@@ -50,7 +50,7 @@ def measure(sd, cfg, batch=BATCH, length=LENGTH, seed=SEED):
     has_mlm = any(k.startswith("target.mlm.") for k in keep)
     if has_mlm and MLM_DECODER not in keep:
         keep[MLM_DECODER] = keep[WORD]
-    base = dataclasses.replace(cfg, target=["mlm"], tie_weights=False, dropout=0.0, wid=None)
+    base = dataclasses.replace(cfg, target=["mlm"], tie_weights=False, dropout=0.0, features={})
     as_hf = dataclasses.replace(base, layernorm="normal_torch",
                                 layernorm_eps=eps_between(cfg.eps, cfg.hidden_size, "normal_torch"))
     length = min(length, cfg.max_seq_length)

@@ -1,6 +1,6 @@
 """Old UER-py key names -> TencentPretrain's, including the WID authors' compactor names.
 
-Old UER names differ only outside the encoder (ARCHITECTURE.md). The WID reference code (a trimmed
+Old UER names differ only outside the encoder (README, "Converting checkpoints"). The WID reference code (a trimmed
 UER-py fork, github.com/wutaiqiang/WID-NAACL2024) adds bias-free `nn.Linear` compactors whose
 `.weight` is the matrix applied to the activations (y = C x), input side "left", output side
 "right"; checkpoints saved under DDP also carry a `module.` prefix.
@@ -10,6 +10,10 @@ import re
 import torch
 
 from tencentpretrain.errors import UserError
+from tencentpretrain.config import load_model_config
+from tencentpretrain.convert.checkpoint_config import WORD, check_layers_num, checkpoint_layers
+from tencentpretrain.resources import resolve
+from tencentpretrain.model_io import load_state_dict_file, save_state_dict
 
 MODULE_PREFIX = "module."  # torch DistributedDataParallel's wrapper
 
@@ -166,9 +170,6 @@ def masks_to_buffers(masks, sd, strategy="dim", head_size=64, where="mask file")
 
 def check_against_config(sd, config_path, where):
     """UserError unless the converted checkpoint has the config's layer count and embedding size."""
-    from tencentpretrain.config import load_model_config
-    from tencentpretrain.convert.checkpoint_config import WORD, check_layers_num, checkpoint_layers
-    from tencentpretrain.resources import resolve
     cfg = load_model_config(resolve(config_path))
     check_layers_num(None, checkpoint_layers(sd), where, cfg.layers_num, config_path)
     if WORD in sd and sd[WORD].shape[1] != cfg.emb_size:
@@ -179,7 +180,6 @@ def check_against_config(sd, config_path, where):
 def old_to_new_main(argv=None):
     import argparse
 
-    from tencentpretrain.model_io import load_state_dict_file, save_state_dict
     p = argparse.ArgumentParser(description="Rename old UER-py keys (and the WID reference code's "
                                             "compactor keys) to this toolkit's names.")
     p.add_argument("--input_model_path", required=True)

@@ -9,15 +9,19 @@ Layout (little-endian):
       tokens          [T]    uint16 (int32 if vocab_size > 65536): every instance's ids, concatenated
                              (static masking: the masked ids)
       offsets         [N+1]  int64: instance i is tokens[offsets[i]:offsets[i+1]]
-      seg_split       [N]    int32, bert only: index of the first token of segment B
-      is_random_next  [N]    uint8, bert only: next-sentence label (0 is next, 1 random)
-      mlm_positions   [M]    uint16/int32, static masking only: masked positions of each instance
+      <per-instance>  [N]    the arrays the processor declares in `instance_arrays`, e.g. bert's
+                             seg_split (int32: index of the first token of segment B) and
+                             is_random_next (uint8: next-sentence label, 0 is next, 1 random)
+      mlm_positions   [M]    uint16/int32, static masking only (processors whose token_target is
+                             "mlm"): masked positions of each instance
       mlm_targets     [M]    token dtype: original ids at those positions
       mlm_offsets     [N+1]  int64: instance i's masks are [mlm_offsets[i]:mlm_offsets[i+1]]
       is_continuation [V]    uint8, dynamic whole word masking only: 1 for "##pieces"
 
-Writers (one per preprocessing worker) append instances to raw shard files in chunks, so memory stays
-bounded; `assemble` then concatenates the shards in order behind the header, atomically.
+Which arrays a file holds follows from its header: the declaration of the processor that wrote it
+(processors/base.py) and whether masks are static. Writers (one per preprocessing worker) append
+instances to raw shard files in chunks, so memory stays bounded; `assemble` then concatenates the
+shards in order behind the header, atomically.
 """
 import json
 import os
@@ -28,6 +32,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import numpy as np
 
 from tencentpretrain.errors import UserError
+from tencentpretrain.registry import PROCESSORS
 from tencentpretrain.utils.io import atomic_write
 
 MAGIC = b"TPDSET\x00\x01"
@@ -50,7 +55,7 @@ class DatasetHeader:
     position_dtype: str = "uint16"
     whole_word_masking: bool = False
     full_sentences: bool = False
-    dup_factor: int = 1        # copies of the corpus written (see processors.py)
+    dup_factor: int = 1        # copies of the corpus written (see Processor.copies)
     seed: int = 7
     short_seq_prob: float = 0.0
     tokenizer: str = "bert"
@@ -85,13 +90,20 @@ def position_dtype(seq_length):
     return "uint16" if seq_length <= 1 << 16 else "int32"
 
 
+def processor_of(header, path="dataset"):
+    """The processor class that wrote a dataset (its declaration says what the file holds)."""
+    if header.processor not in PROCESSORS:
+        raise UserError(f"{path} was made by a data processor '{header.processor}' this toolkit does not have "
+                        f"(it has {', '.join(PROCESSORS.names())}); re-run preprocess.py")
+    return PROCESSORS.get(header.processor)
+
+
 def array_dtypes(header):
-    """The arrays a dataset with this header holds, and their dtypes."""
+    """The arrays a dataset with this header holds, in file order, and their dtypes."""
     tok, pos = header.token_dtype, header.position_dtype
-    dtypes = {"tokens": tok, "offsets": "int64"}
-    if header.processor == "bert":
-        dtypes.update(seg_split="int32", is_random_next="uint8")
-    if header.processor != "lm" and not header.dynamic_masking:
+    processor = processor_of(header)
+    dtypes = {"tokens": tok, "offsets": "int64", **processor.instance_arrays}
+    if processor.token_target == "mlm" and not header.dynamic_masking:
         dtypes.update(mlm_positions=pos, mlm_targets=tok, mlm_offsets="int64")
     return dtypes
 
@@ -101,7 +113,8 @@ class ShardWriter:
 
     def __init__(self, prefix, header, chunk_tokens=1 << 20):
         self.prefix, self.chunk_tokens = prefix, chunk_tokens
-        self.dtypes = {name: dt for name, dt in array_dtypes(header).items()}
+        self.dtypes = array_dtypes(header)
+        self.instance_arrays = list(processor_of(header).instance_arrays)
         # Shards store lengths (int32) where the final file stores int64 offsets.
         for name in _COUNTED:
             if name in self.dtypes:
@@ -111,13 +124,13 @@ class ShardWriter:
         self.buffered_tokens = 0
         self.instances = self.tokens = 0
 
-    def add(self, tokens, seg_split=None, is_random_next=None, mlm_positions=None, mlm_targets=None):
+    def add(self, tokens, mlm_positions=None, mlm_targets=None, **values):
+        """One instance: its tokens, its masks (static masking) and a value for each instance array."""
         b = self.buffers
         b["tokens"].append(tokens)
         b["offsets"].append(len(tokens))
-        if "seg_split" in b:
-            b["seg_split"].append(seg_split)
-            b["is_random_next"].append(is_random_next)
+        for name in self.instance_arrays:
+            b[name].append(values[name])
         if "mlm_offsets" in b:
             b["mlm_positions"].append(mlm_positions)
             b["mlm_targets"].append(mlm_targets)
@@ -263,6 +276,7 @@ class Dataset:
     def __init__(self, path):
         self.path = path
         self.header = read_header(path)
+        self.processor = processor_of(self.header, path)  # its declaration: what an instance holds
         mm = np.memmap(path, dtype=np.uint8, mode="r")
         self.arrays = {}
         for name, spec in self.header.arrays.items():
@@ -284,9 +298,8 @@ class Dataset:
     def __getitem__(self, i):
         a = self.arrays
         item = {"tokens": np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]], dtype=np.int64)}
-        if "seg_split" in a:
-            item["seg_split"] = int(a["seg_split"][i])
-            item["is_random_next"] = int(a["is_random_next"][i])
+        for name in self.processor.instance_arrays:
+            item[name] = int(a[name][i])
         if "mlm_offsets" in a:
             s, e = a["mlm_offsets"][i], a["mlm_offsets"][i + 1]
             item["mlm_positions"] = np.asarray(a["mlm_positions"][s:e], dtype=np.int64)

@@ -13,6 +13,10 @@ No instance is dropped at an epoch's end; a batch may straddle two epochs.
 Dynamic masking draws from a Generator seeded with (seed, epoch, instance index), so an instance gets
 the same mask on every rank and after a resume, and a new mask each epoch.
 
+What a batch holds follows the processor's declaration (processors/base.py), read from the dataset:
+token_target "mlm" gives tgt_mlm (static masks from the file, or dynamic ones), "lm" gives tgt_lm (the
+window shifted by one); each of its `labels` gives tgt_<target>; a "seg_split" array gives segment 2.
+
 Padding: to the longest instance of the batch (`pad_to_seq_length=True`: to the dataset's seq_length,
 so that rank batches concatenate into the single-process batch tensor for tensor).
 """
@@ -35,7 +39,7 @@ def build_loader(dataset_path, batch_size, rank=0, world_size=1, seed=7, shuffle
 
 
 class DataLoader:
-    """Iterate for batch dicts (see CONTRACT.md: src, seg, tgt_mlm | tgt_sp | tgt_lm as LongTensors)."""
+    """Iterate for batch dicts (src, seg, tgt_mlm | tgt_sp | tgt_lm as LongTensors)."""
 
     def __init__(self, dataset_path, batch_size, rank=0, world_size=1, seed=7, shuffle=True,
                  pad_to_seq_length=False):
@@ -51,8 +55,9 @@ class DataLoader:
         self._perms = {}
         ids = h.special_ids
         self.pad_id = ids["pad"]
+        self.token_target, self.labels = self.dataset.processor.token_target, self.dataset.processor.labels
         self.mask_spec = None
-        if h.dynamic_masking and h.processor != "lm":
+        if h.dynamic_masking and self.token_target == "mlm":
             cont = self.dataset.arrays.get("is_continuation")
             self.mask_spec = MaskSpec.build(h.vocab_size, [ids["pad"], ids["cls"], ids["sep"], ids["mask"]],
                                             ids["mask"], None if cont is None else np.asarray(cont, dtype=bool))
@@ -60,14 +65,6 @@ class DataLoader:
     @property
     def instances_num(self):
         return len(self.dataset)
-
-    @property
-    def epoch(self):
-        return self.position // self.instances_num
-
-    @property
-    def steps_per_epoch(self):
-        return self.instances_num / (self.batch_size * self.world_size)
 
     def __iter__(self):
         while True:
@@ -111,7 +108,7 @@ class DataLoader:
         h, ds = self.header, self.dataset
         picks = self.stream_indices(positions)
         items = [ds[i] for _, i in picks]
-        lm = h.processor == "lm"
+        lm = self.token_target == "lm"  # instances of n + 1 tokens: input [:-1], target [1:]
         lengths = [len(it["tokens"]) - lm for it in items]
         L = h.seq_length if self.pad_to_seq_length else max(lengths)
         B = len(items)
@@ -134,10 +131,7 @@ class DataLoader:
             if "seg_split" in it:
                 seg[j, it["seg_split"]:n] = 2
         batch = {"src": torch.from_numpy(src), "seg": torch.from_numpy(seg)}
-        if lm:
-            batch["tgt_lm"] = torch.from_numpy(tgt)
-        else:
-            batch["tgt_mlm"] = torch.from_numpy(tgt)
-        if h.processor == "bert":
-            batch["tgt_sp"] = torch.tensor([it["is_random_next"] for it in items], dtype=torch.long)
+        batch[f"tgt_{self.token_target}"] = torch.from_numpy(tgt)
+        for target, array in self.labels.items():
+            batch[f"tgt_{target}"] = torch.tensor([it[array] for it in items], dtype=torch.long)
         return batch

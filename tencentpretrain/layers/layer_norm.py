@@ -1,4 +1,4 @@
-"""LayerNorm in the two conventions converted checkpoints need (see ARCHITECTURE.md)."""
+"""LayerNorm in the two conventions converted checkpoints need (README, "LayerNorm convention")."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -10,14 +10,15 @@ from tencentpretrain.config import load_model_config
 from tencentpretrain.model_builder import init_weights
 from tencentpretrain.resources import repo_root, resolve
 from tencentpretrain.tasks.classification import SequenceTask
-from tencentpretrain.tasks.engine import RunConfig, pick_device, set_seed
+from tencentpretrain.tasks.engine import RunConfig, pick_device
 from tencentpretrain.tasks.heads import Classifier
 from tencentpretrain.training.optim import build_optimizer, build_param_groups
+from tencentpretrain.utils.runtime import seed_everything
 
 
 def throughput(config_path, seq_length=128, batch_size=32, steps=20, device="cpu", bf16=False, vocab_size=30522):
     """Training examples/s of a 2-label classifier on full-length random batches (after 3 warm-up steps)."""
-    set_seed(0)
+    seed_everything(0)
     cfg = load_model_config(config_path, {"vocab_size": vocab_size})
     model = Classifier(cfg, 2)
     init_weights(model)

@@ -1,21 +1,20 @@
 """The one fine-tuning loop every task shares.
 
-A task supplies `loss(model, batch)` and `evaluate(model, dev_data, run) -> metrics` (an
-ordered dict whose first entry is the task's main metric); the engine does batching,
+A task (tasks/base.py) supplies `loss(model, batch)` and `evaluate(model, dev_data, run) -> metrics`
+(an ordered dict whose first entry is the task's main metric); the engine does batching,
 AdamW with linear warmup/decay, gradient accumulation, bf16 autocast, progress lines,
 a dev report per epoch, and keeps the best-on-dev weights (saved atomically).
 """
 import dataclasses
 import math
-import random
 import time
 
-import numpy as np
 import torch
 
 from tencentpretrain.errors import UserError
 from tencentpretrain.model_io import save_state_dict
 from tencentpretrain.training.optim import build_optimizer, build_param_groups, build_scheduler
+from tencentpretrain.utils.runtime import autocast, format_duration, seed_everything
 
 
 @dataclasses.dataclass
@@ -33,19 +32,13 @@ class RunConfig:
     device: str = "cpu"
 
     def autocast(self):
-        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16)
+        return autocast(self.device, "bf16" if self.bf16 else "fp32")
 
 
 def pick_device(name=None):
     if name:
         return name
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def batches(tensors, batch_size, generator=None, device="cpu"):
@@ -70,12 +63,7 @@ def pad(rows, length, value=0):
     return torch.tensor([r + [value] * (length - len(r)) for r in rows], dtype=torch.long)
 
 
-def _fmt_time(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _fmt_metrics(metrics):
+def format_metrics(metrics):
     return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
@@ -88,9 +76,9 @@ def fit(model, task, train_tensors, dev_sets, run, output_model_path=None, log=p
 
     Reproducible on CPU: dropout draws from the global RNG, re-seeded here with run.seed, and
     the shuffling from its own generator seeded with run.seed. Build the model after
-    set_seed(run.seed) too, so that its new head starts the same way (as the CLIs do).
+    seed_everything(run.seed) too, so that its new head starts the same way (as the CLIs do).
     """
-    set_seed(run.seed)
+    seed_everything(run.seed)
     model.to(run.device)
     n = len(next(iter(train_tensors.values())))
     if n == 0:
@@ -130,7 +118,7 @@ def fit(model, task, train_tensors, dev_sets, run, output_model_path=None, log=p
                 eta = (time.time() - t_start) / step * (total_steps - step)
                 log(f"epoch {epoch}/{run.epochs_num} step {step}/{total_steps} loss {window_loss / window_n:.4f} "
                     f"lr {scheduler.get_last_lr()[0]:.2e} {window_examples / max(elapsed, 1e-9):.1f} examples/s "
-                    f"ETA {_fmt_time(eta)}")
+                    f"ETA {format_duration(eta, compact=True)}")
                 window_loss, window_n, window_examples, t_window = 0.0, 0, 0, time.time()
         if not dev_sets:
             best_epoch, best = epoch, {}
@@ -141,7 +129,8 @@ def fit(model, task, train_tensors, dev_sets, run, output_model_path=None, log=p
         main_metric = next(iter(first))
         improved = best is None or first[main_metric] > best[main_metric]
         for name, metrics in reports.items():
-            log(f"epoch {epoch} {name}: {_fmt_metrics(metrics)}" + (" (best)" if improved and metrics is first else ""))
+            best_mark = " (best)" if improved and metrics is first else ""
+            log(f"epoch {epoch} {name}: {format_metrics(metrics)}{best_mark}")
         if improved:
             best, best_epoch = first, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -152,7 +141,8 @@ def fit(model, task, train_tensors, dev_sets, run, output_model_path=None, log=p
     elif output_model_path:
         save_state_dict(model.state_dict(), output_model_path)
     took = time.time() - t_start
-    log(f"done: {step} steps in {_fmt_time(took)} ({n * run.epochs_num / max(took, 1e-9):.1f} examples/s)"
+    log(f"done: {step} steps in {format_duration(took, compact=True)} "
+        f"({n * run.epochs_num / max(took, 1e-9):.1f} examples/s)"
         + (f"; best dev {next(iter(best))} {next(iter(best.values())):.4f} at epoch {best_epoch}" if best else "")
         + (f"; model saved to {output_model_path}" if output_model_path else ""))
     return {"best_epoch": best_epoch, "best": best, "history": history}

@@ -6,7 +6,7 @@ Key names are TencentPretrain's: `embedding.*`, `encoder.*`, then `output_layer_
 
 The classifier's `pooling` (TencentPretrain's `--pooling`) picks the sentence vector that
 `output_layer_1` sees; it has no weights, so fine-tuning records it in the model config
-written beside the model (see tasks/cli.py) and inference reads it from there.
+written beside the model (see tasks/classification.py) and inference reads it from there.
 """
 import torch
 import torch.nn as nn
@@ -81,15 +81,20 @@ _POOLER_FROM = {"output_layer_1.weight": "target.sp.linear_1.weight",
                 "output_layer_1.bias": "target.sp.linear_1.bias"}
 
 
+# Heads that callers outside the task modules (the WID demonstration) ask for by name.
+NAMED_HEADS = {"classifier": lambda cfg, labels_num: Classifier(cfg, labels_num),
+               "span": lambda cfg, labels_num: SpanQA(cfg)}
+
+
 def build_task_model(cfg, head, labels_num=None, pretrained_model_path=None, log=print):
     """A task model, randomly initialised, then loaded from `pretrained_model_path` if given.
 
     A pre-training checkpoint may lack the task head (`output_layer*`) and may carry the
     pre-training targets (`target.*`); any other difference is an error. A fine-tuned
-    checkpoint of the same task loads completely. `head` is "classifier", "span", or a task
-    model built elsewhere with the same embedding/encoder/output_layer* keys (ner.Tagger).
+    checkpoint of the same task loads completely. `head` is the task model (a module with
+    embedding/encoder/output_layer* keys, from a Task's build_model) or a name in NAMED_HEADS.
     """
-    model = Classifier(cfg, labels_num) if head == "classifier" else SpanQA(cfg) if head == "span" else head
+    model = NAMED_HEADS[head](cfg, labels_num) if isinstance(head, str) else head
     init_weights(model)
     if pretrained_model_path:
         from tencentpretrain.model_io import load_state_dict_file

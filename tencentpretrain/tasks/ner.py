@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from tencentpretrain.errors import UserError
 from tencentpretrain.model_builder import build_embedding, build_encoder
-from tencentpretrain.model_io import load_model_weights, load_state_dict_file
-from tencentpretrain.tasks import cli
 from tencentpretrain.tasks import metrics as M
-from tencentpretrain.tasks.engine import batches, evaluate, fit, pad, set_seed
-from tencentpretrain.tasks.heads import build_task_model
+from tencentpretrain.tasks.base import Task, register_task
+from tencentpretrain.tasks.cli import finetune_main, infer_main
+from tencentpretrain.tasks.engine import batches, pad
 from tencentpretrain.tasks.readers import read_label2id, read_ner_tsv
 from tencentpretrain.utils.io import atomic_write
 
@@ -76,11 +75,58 @@ def encode(examples, tokenizer, seq_length, l2i):
     return TaggingData(tensors, starts, gold, truncated)
 
 
-class TaggingTask:
+@register_task("ner")
+class TaggingTask(Task):
     """Token cross-entropy over first pieces; dev metric: span-level F1 (metrics.span_f1)."""
 
-    def __init__(self, id2label):
+    train_description = "Fine-tune a BIO tagger (NER) on TSV files (text_a<TAB>label, space-separated)."
+    infer_description = ("Tag a TSV file (text_a, space-separated tokens) with a fine-tuned NER model; "
+                         "writes a 'pred_label' header, then one line of space-separated tags per sentence.")
+
+    def __init__(self, id2label, label2id=None):
         self.id2label = id2label  # without [PAD]
+        self.label2id = label2id or {tag: i for i, tag in enumerate(id2label)}
+
+    @classmethod
+    def add_options(cls, parser, training):
+        parser.set_defaults(tokenizer="space")
+        parser.add_argument("--label2id_path", required=True, help='tag ids as JSON, e.g. {"O": 0, "B-LOC": 1, ...}')
+        parser.add_argument("--crf_target", action="store_true", help="not supported here (refused)")
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        if args.crf_target:
+            raise UserError("--crf_target is not supported: this toolkit has no CRF layer; drop the flag to train "
+                            "with per-token cross-entropy (TencentPretrain's default)")
+        l2i = read_label2id(args.label2id_path)
+        return cls([tag for tag, _ in sorted(l2i.items(), key=lambda kv: kv[1])], l2i).bind(args, log)
+
+    def read(self, path, labelled=True):
+        return read_ner_tsv(path, self.label2id, require_label=labelled)
+
+    def prepare(self, cfg, splits):
+        self.log(f"{len(self.label2id)} tags: {' '.join(self.id2label)}")
+
+    def encode(self, examples, tokenizer, seq_length, path, training=False):
+        data = encode(examples, tokenizer, seq_length, self.label2id)
+        if data.truncated:
+            self.log(f"note: {data.truncated} sentences of {path} are longer than --seq_length {seq_length} "
+                     "pieces; their tail is cut off (predicted 'O')")
+        return data
+
+    def build_model(self, cfg):
+        return Tagger(cfg, len(self.label2id) + 1)
+
+    def model_from_checkpoint(self, cfg, state_dict, args):
+        weight = state_dict.get("output_layer.weight")
+        if weight is None or "output_layer_2.weight" in state_dict:
+            raise UserError(f"{args.load_model_path} has no tagging head (output_layer.*); pass a model written by "
+                            "finetune/run_ner.py")
+        if weight.shape[0] != len(self.label2id) + 1:
+            raise UserError(f"{args.load_model_path} tags {weight.shape[0] - 1} labels (plus [PAD]) but "
+                            f"{args.label2id_path} lists {len(self.label2id)}; pass the label2id file used for "
+                            "fine-tuning")
+        return self.build_model(cfg)
 
     def loss(self, model, batch):
         logits = model(batch["src"], batch["seg"]).float()
@@ -103,95 +149,22 @@ class TaggingTask:
     def evaluate(self, model, data, run):
         return M.span_f1(data.gold, self.predict(model, data, run))
 
-
-def _label_map(args):
-    l2i = read_label2id(args.label2id_path)
-    return l2i, [tag for tag, _ in sorted(l2i.items(), key=lambda kv: kv[1])]
-
-
-def _ner_opts(parser):
-    parser.set_defaults(tokenizer="space")
-    parser.add_argument("--label2id_path", required=True, help='tag ids as JSON, e.g. {"O": 0, "B-LOC": 1, ...}')
-    parser.add_argument("--crf_target", action="store_true", help="not supported here (refused)")
-
-
-def _check_ner(args):
-    if args.crf_target:
-        raise UserError("--crf_target is not supported: this toolkit has no CRF layer; drop the flag to train "
-                        "with per-token cross-entropy (TencentPretrain's default)")
+    def write_predictions(self, data, preds):
+        with atomic_write(self.args.prediction_path, "w", encoding="utf-8", newline="\n") as f:
+            f.write("pred_label\n")
+            for tags in preds:
+                f.write(" ".join(tags) + "\n")
+        note = ""
+        if data.gold is not None:
+            s = M.span_f1(data.gold, preds)
+            note = (f" (precision {s['precision']:.4f} recall {s['recall']:.4f} f1 {s['f1']:.4f} against the "
+                    "file's tags)")
+        return f"{len(preds)} tag sequences written to {self.args.prediction_path}{note}"
 
 
 def ner_main(argv=None):
-    parser = cli._parser("Fine-tune a BIO tagger (NER) on TSV files (text_a<TAB>label, space-separated).")
-    cli._train_opts(parser, seq_length=128)
-    _ner_opts(parser)
-    args = parser.parse_args(argv)
-    _check_ner(args)
-    run = cli._run_config(args)
-    l2i, id2label = _label_map(args)
-    cli._log(f"{len(l2i)} tags: {' '.join(id2label)}")
-    tokenizer = cli._tokenizer(args)
-    train = read_ner_tsv(args.train_path, l2i)
-    devs = [(p, read_ner_tsv(p, l2i)) for p in args.dev_path or []]
-    test = read_ner_tsv(args.test_path, l2i) if args.test_path else None
-    cfg = cli._model_config(args, tokenizer)
-    set_seed(run.seed)  # the new head's initialisation depends on --seed too
-    model = build_task_model(cfg, Tagger(cfg, len(l2i) + 1), pretrained_model_path=args.pretrained_model_path,
-                             log=cli._log)
-    cli._save_config_beside(cfg, args)
-    task = TaggingTask(id2label)
-    train_data = _encode(train, tokenizer, args, l2i, args.train_path)
-    dev_sets = [(cli._name(p), _encode(ex, tokenizer, args, l2i, p)) for p, ex in devs]
-    result = fit(model, task, train_data.tensors, dev_sets, run, args.output_model_path, log=cli._log)
-    if test is not None:
-        metrics = evaluate(model, task, _encode(test, tokenizer, args, l2i, args.test_path), run)
-        cli._log(f"test ({args.test_path}): " + " ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-        result["test"] = metrics
-    return 0
-
-
-def _encode(examples, tokenizer, args, l2i, path):
-    data = encode(examples, tokenizer, args.seq_length, l2i)
-    if data.truncated:
-        cli._log(f"note: {data.truncated} sentences of {path} are longer than --seq_length {args.seq_length} "
-                 "pieces; their tail is cut off (predicted 'O')")
-    return data
+    return finetune_main(TaggingTask, argv)
 
 
 def ner_infer_main(argv=None):
-    parser = cli._parser("Tag a TSV file (text_a, space-separated tokens) with a fine-tuned NER model; "
-                         "writes a 'pred_label' header, then one line of space-separated tags per sentence.")
-    cli._infer_opts(parser, seq_length=128)
-    _ner_opts(parser)
-    args = parser.parse_args(argv)
-    _check_ner(args)
-    run = cli._run_config(args)
-    l2i, id2label = _label_map(args)
-    tokenizer = cli._tokenizer(args)
-    cfg = cli._infer_config(args, tokenizer)  # --config_path, else the config written beside the model
-    sd = load_state_dict_file(args.load_model_path)
-    weight = sd.get("output_layer.weight")
-    if weight is None or "output_layer_2.weight" in sd:
-        raise UserError(f"{args.load_model_path} has no tagging head (output_layer.*); pass a model written by "
-                        "finetune/run_ner.py")
-    if weight.shape[0] != len(l2i) + 1:
-        raise UserError(f"{args.load_model_path} tags {weight.shape[0] - 1} labels (plus [PAD]) but "
-                        f"{args.label2id_path} lists {len(l2i)}; pass the label2id file used for fine-tuning")
-    model = Tagger(cfg, len(l2i) + 1)
-    load_model_weights(model, sd, where=args.load_model_path)
-    model.to(run.device)
-    examples = read_ner_tsv(args.test_path, l2i, require_label=False)
-    data = _encode(examples, tokenizer, args, l2i, args.test_path)
-    task = TaggingTask(id2label)
-    preds = task.predict(model, data, run)
-    with atomic_write(args.prediction_path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("pred_label\n")
-        for tags in preds:
-            f.write(" ".join(tags) + "\n")
-    note = ""
-    if data.gold is not None:
-        s = M.span_f1(data.gold, preds)
-        note = f" (precision {s['precision']:.4f} recall {s['recall']:.4f} f1 {s['f1']:.4f} against the file's tags)"
-    cli._log(f"{len(preds)} tag sequences written to {args.prediction_path}{note}")
-    return 0
+    return infer_main(TaggingTask, argv)

@@ -49,31 +49,12 @@ def read_tsv(path, task="classification", require_label=True):
     task: "classification" (integer labels) or "regression" (float labels).
     require_label=False accepts files without a `label` column (test files for inference).
     """
-    lines = read_text_lines(path, "TSV file")
-    header = lines[0].split("\t")
-    columns = {name.strip(): i for i, name in enumerate(header)}
-    if "text_a" not in columns:
-        raise UserError(f"{path}, line 1: the header has no 'text_a' column (found: {', '.join(header)}); "
-                        "the first line must name the columns, e.g. 'label<TAB>text_a[<TAB>text_b]' "
-                        "(convert official GLUE files with scripts/glue_to_tsv.py)")
-    if require_label and "label" not in columns:
-        raise UserError(f"{path}, line 1: the header has no 'label' column (found: {', '.join(header)})")
-    i_a, i_b, i_label = columns["text_a"], columns.get("text_b"), columns.get("label")
-    examples = []
-    for n, line in enumerate(lines[1:], 2):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise UserError(f"{path}, line {n}: {len(fields)} tab-separated fields but the header has "
-                            f"{len(header)}; a text may contain a stray tab or a field is missing")
-        label = None
-        if i_label is not None:
-            label = _parse_label(fields[i_label], task, path, n)
-        examples.append(Example(fields[i_a], fields[i_b] if i_b is not None else None, label, n))
-    if not examples:
-        raise UserError(f"TSV file '{path}' has a header but no examples")
-    return examples
+    rows = read_tsv_rows(path, ("text_a", "label") if require_label else ("text_a",),
+                         example="'label<TAB>text_a[<TAB>text_b]' (convert official GLUE files with "
+                                 "scripts/glue_to_tsv.py)")
+    return [Example(row["text_a"], row.get("text_b"),
+                    _parse_label(row["label"], task, path, n) if "label" in row else None, n)
+            for n, row in rows]
 
 
 def _parse_label(value, task, path, line):
@@ -104,19 +85,20 @@ def check_labels(examples, labels_num, path):
                             f"labels (0..{labels_num - 1}); pass --labels_num or fix the file")
 
 
-# ---------------------------------------------------------------- multi-label and NER (token tagging)
-def read_tsv_rows(path, required=("text_a",), what="TSV file"):
+def read_tsv_rows(path, required=("text_a",), what="TSV file", example=None):
     """(line number, {column: field}) for each non-blank example line of a headed TSV file.
 
-    `required` names the columns the header must have; a row with the wrong number of fields
-    is an error naming its line.
+    Every task's TSV reader starts here. `required` names the columns the header must have
+    (`example`, a header to show when one is missing, defaults to them); a row with the wrong
+    number of fields is an error naming its line.
     """
     lines = read_text_lines(path, what)
     header = [name.strip() for name in lines[0].split("\t")]
+    example = example or f"'{'<TAB>'.join(required)}'"
     for name in required:
         if name not in header:
             raise UserError(f"{path}, line 1: the header has no '{name}' column (found: {', '.join(header)}); "
-                            f"the first line must name the columns, e.g. '{'<TAB>'.join(required)}'")
+                            f"the first line must name the columns, e.g. {example}")
     rows = []
     for n, line in enumerate(lines[1:], 2):
         if not line.strip():
@@ -131,6 +113,7 @@ def read_tsv_rows(path, required=("text_a",), what="TSV file"):
     return rows
 
 
+# ---------------------------------------------------------------- multi-label and NER (token tagging)
 def read_multi_label_tsv(path, require_label=True):
     """Multi-label TSV (TencentPretrain's run_classifier_multi_label.py): `label` holds comma-separated
     class ids, e.g. `0,3`; `text_a`, optional `text_b`. Example.label is a sorted tuple of ids."""

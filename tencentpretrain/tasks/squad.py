@@ -1,4 +1,4 @@
-"""SQuAD v1.1 / v2.0: JSON reader, sliding-window features, and span decoding.
+"""SQuAD v1.1 / v2.0: JSON reader, sliding-window features, span decoding, and the fine-tuning task.
 
 Context tokens carry character offsets into the original context (from
 `tokenizer.tokenize_with_offsets`), so an answer is mapped to tokens and back to text
@@ -11,7 +11,16 @@ import json
 import math
 import os
 
+import torch
+import torch.nn.functional as F
+
 from tencentpretrain.errors import UserError
+from tencentpretrain.tasks import metrics as M
+from tencentpretrain.tasks.base import Task, register_task
+from tencentpretrain.tasks.cli import finetune_main, infer_main
+from tencentpretrain.tasks.engine import forward_all, pad
+from tencentpretrain.tasks.heads import SpanQA
+from tencentpretrain.utils.io import write_json
 
 
 @dataclasses.dataclass
@@ -223,10 +232,10 @@ class SquadData:
     version_2: bool
 
 
-def load_squad_data(path, tokenizer, seq_length, doc_stride, max_query_length, training, log=print):
-    import torch
-    from tencentpretrain.tasks.engine import pad
-    examples, dataset, version_2 = read_squad(path)
+def encode_squad(squad, path, tokenizer, seq_length, doc_stride, max_query_length, training, log=print):
+    """SquadData from read_squad's (examples, dataset, version_2): the windows as padded tensors, plus
+    the answer positions for training."""
+    examples, dataset, version_2 = squad
     features, skipped = build_features(examples, tokenizer, seq_length, doc_stride, max_query_length, training)
     if skipped:
         log(f"warning: {path}: {skipped} questions skipped (answer_start does not point at the answer text)")
@@ -242,28 +251,92 @@ def load_squad_data(path, tokenizer, seq_length, doc_stride, max_query_length, t
     return SquadData(examples, features, tensors, dataset, version_2)
 
 
-class SquadTask:
+@register_task("squad")
+class SquadTask(Task):
+    """Start/end cross-entropy over the windows; answers decoded per question, scored by the official rules."""
+
+    seq_length = 384
+    train_description = "Fine-tune a span-extraction model on SQuAD v1.1 / v2.0 JSON files."
+    infer_description = "Answer SQuAD-format questions; writes the official predictions JSON {id: answer}."
+
     def __init__(self, n_best_size=20, max_answer_length=30, null_score_diff_threshold=0.0):
         self.n_best_size = n_best_size
         self.max_answer_length = max_answer_length
         self.null_score_diff_threshold = null_score_diff_threshold
 
+    @classmethod
+    def add_options(cls, parser, training):
+        g = parser.add_argument_group("SQuAD")
+        g.add_argument("--doc_stride", type=int, default=128, help="tokens between the starts of two context windows")
+        g.add_argument("--max_query_length", type=int, default=64)
+        g.add_argument("--max_answer_length", type=int, default=30)
+        g.add_argument("--n_best_size", type=int, default=20)
+        g.add_argument("--null_score_diff_threshold", type=float, default=0.0,
+                       help="v2.0: answer '' when the no-answer score beats the best span by more than this")
+        if not training:
+            parser.add_argument("--nbest_path", default=None, help="also write the n-best answers with probabilities")
+            parser.add_argument("--null_odds_path", default=None,
+                                help="v2.0: also write {id: no-answer score minus best span score} (the official "
+                                     "script's --na-prob-file)")
+
+    @classmethod
+    def from_args(cls, args, log=print):
+        for name in ("doc_stride", "max_query_length", "max_answer_length", "n_best_size"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+        return cls(args.n_best_size, args.max_answer_length, args.null_score_diff_threshold).bind(args, log)
+
+    def read(self, path, labelled=True):
+        return read_squad(path)
+
+    def encode(self, squad, tokenizer, seq_length, path, training=False):
+        return encode_squad(squad, path, tokenizer, seq_length, self.args.doc_stride, self.args.max_query_length,
+                            training, log=self.log)
+
+    def build_model(self, cfg):
+        return SpanQA(cfg)
+
+    def model_from_checkpoint(self, cfg, state_dict, args):
+        if "output_layer.weight" not in state_dict:
+            raise UserError(f"{args.load_model_path} has no span head (output_layer.*); pass a model "
+                            "written by finetune/run_squad.py")
+        return SpanQA(cfg)
+
     def loss(self, model, batch):
-        import torch.nn.functional as F
         start, end = model(batch["src"], batch["seg"])
         return (F.cross_entropy(start.float(), batch["start"]) + F.cross_entropy(end.float(), batch["end"])) / 2
 
     def predict(self, model, data, run):
-        from tencentpretrain.tasks.engine import forward_all
+        """(predictions {id: text}, n-best lists, v2.0 null odds), as decode_predictions."""
         start, end = forward_all(model, data.tensors, run, per_token=True)
         return decode_predictions(data.examples, data.features, start.tolist(), end.tolist(), self.n_best_size,
                                   self.max_answer_length, data.version_2, self.null_score_diff_threshold)
 
     def evaluate(self, model, data, run):
-        from tencentpretrain.tasks import metrics as M
         predictions, _, null_odds = self.predict(model, data, run)
         if data.version_2:
             out = M.squad_v2_evaluate(data.dataset, predictions)
             return {"f1": out.pop("f1"), **out}
         out = M.squad_v1_evaluate(data.dataset, predictions)
         return {"f1": out["f1"], "exact_match": out["exact_match"], "total": out["total"]}
+
+    def write_predictions(self, data, predicted):
+        args, (predictions, nbest, null_odds) = self.args, predicted
+        write_json(args.prediction_path, predictions, ensure_ascii=False)
+        if args.nbest_path:
+            write_json(args.nbest_path, nbest, ensure_ascii=False)
+        if args.null_odds_path:
+            write_json(args.null_odds_path, null_odds, ensure_ascii=False)
+        note = ""
+        if any(qa.get("answers") for art in data.dataset for p in art["paragraphs"] for qa in p["qas"]):
+            scores = (M.squad_v2_evaluate if data.version_2 else M.squad_v1_evaluate)(data.dataset, predictions)
+            note = f" (exact {scores.get('exact', scores.get('exact_match')):.2f} f1 {scores['f1']:.2f})"
+        return f"{len(predictions)} answers written to {args.prediction_path}{note}"
+
+
+def squad_main(argv=None):
+    return finetune_main(SquadTask, argv)
+
+
+def squad_infer_main(argv=None):
+    return infer_main(SquadTask, argv)

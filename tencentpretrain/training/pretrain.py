@@ -12,16 +12,21 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from tencentpretrain import features
+from tencentpretrain.config import config_path_beside, read_config_file
+from tencentpretrain.data.dataset import check_compatible, processor_of, read_header
+from tencentpretrain.data.loader import build_loader
+from tencentpretrain.data.tokenizers import build_tokenizer
 from tencentpretrain.errors import UserError
+from tencentpretrain.model_builder import build_model
 from tencentpretrain.opts import _bool, log_opts, model_config_from_args, model_opts, parse_args, tokenizer_opts
+from tencentpretrain.registry import TARGETS
 from tencentpretrain.training import checkpoint as ckpt
 from tencentpretrain.training import distributed, plugins
 from tencentpretrain.training.optim import SCHEDULERS
 from tencentpretrain.training.trainer import TrainConfig, Trainer
 from tencentpretrain.utils.log import check_log_path, info, logging_to
-
-# Batch targets each preprocess.py processor writes, and the model targets that consume them.
-PROCESSOR_TARGETS = {"bert": {"mlm", "sp"}, "mlm": {"mlm"}, "lm": {"lm"}}
+from tencentpretrain.utils.runtime import seed_everything
 
 
 def training_opts(parser):
@@ -66,12 +71,13 @@ def build_parser():
     training_opts(parser)
     model_opts(parser)
     tokenizer_opts(parser)
-    log_opts(parser).add_argument(
-        "--tensorboard_dir", default=None,
-        help="write a TensorBoard event log of loss, metrics, lr (and plugin scalars) at every report step; "
-             "needs the optional package 'tensorboard'")
-    plugins.add_plugin_opts(parser)
-    return parser
+    g = log_opts(parser)
+    g.add_argument("--tensorboard_dir", default=None,
+                   help="write a TensorBoard event log of loss, metrics, lr (and plugin scalars) at every report "
+                        "step; needs the optional package 'tensorboard'")
+    g.add_argument("--tb_path", dest="tensorboard_dir", metavar="TB_PATH", default=argparse.SUPPRESS,
+                   help="the same as --tensorboard_dir (the WID reference code's name)")
+    return parser  # features' options (WID's --target_dim ...) are added by parse_args when given
 
 
 @dataclass
@@ -105,17 +111,15 @@ def train_config_from_args(args):
 
 def check_dataset(dataset_path, model_cfg):
     """The dataset must have been made for this model: vocabulary, length, processor and targets."""
-    from tencentpretrain.data.dataset import check_compatible, read_header
-    from tencentpretrain.registry import TARGETS
     if not os.path.isfile(dataset_path):
         raise UserError(f"--dataset_path {dataset_path}: file not found; make it with preprocess.py")
     header = read_header(dataset_path)
     check_compatible(header, model_cfg.vocab_size, model_cfg.max_seq_length, model_cfg.data_processor,
                      path=dataset_path)
-    provided = PROCESSOR_TARGETS.get(header.processor)
+    provided = processor_of(header, dataset_path).targets  # the batch targets its processor declares
     # A variant target (WID's "wid_mlm") names the target it stands for in `key_name`.
     wanted = {getattr(TARGETS.get(name), "key_name", name) for name in model_cfg.target}
-    if provided is not None and not wanted <= provided:
+    if not wanted <= provided:
         raise UserError(f"{dataset_path} ('{header.processor}' processor) has targets for "
                         f"{sorted(provided)} but the model config asks for {model_cfg.target}; set --target "
                         f"{' '.join(sorted(provided))} or re-run preprocess.py with another --data_processor")
@@ -124,11 +128,9 @@ def check_dataset(dataset_path, model_cfg):
 
 def prepare(argv=None):
     """Parse and check everything in the launching process, so errors are reported once."""
-    from tencentpretrain.data.tokenizers import build_tokenizer
-    args, _ = parse_args(build_parser(), argv)  # model flags not typed are absent
+    args = parse_args(build_parser(), argv)  # model flags not typed are absent
     train_cfg = train_config_from_args(args)
-    model_cfg = model_config_from_args(args)
-    plugins.apply_plugin_overrides(model_cfg, args)
+    model_cfg = features.apply_options(model_config_from_args(args), args)  # may switch WID on
     if model_cfg.vocab_size is None:
         model_cfg.vocab_size = build_tokenizer(args.tokenizer, args.vocab_path, args.spm_model_path,
                                                args.do_lower_case).vocab_size
@@ -157,9 +159,7 @@ def run_process(env, job):
 
 def _train(env, job):
     """Build the model, plugins, loader and trainer; load or resume; train."""
-    from tencentpretrain.data.loader import build_loader
-    from tencentpretrain.model_builder import build_model
-    ckpt.seed_everything(job.train_cfg.seed)  # the same initial weights on every rank
+    seed_everything(job.train_cfg.seed)  # the same initial weights on every rank
     model = build_model(job.model_cfg)
     callbacks, claims = plugins.build_plugins(model, job.model_cfg, job.train_cfg)
     loader = build_loader(job.dataset_path, job.batch_size, env.rank, env.world_size, job.train_cfg.seed)
@@ -183,7 +183,6 @@ def _record_config(model_cfg, output_model_path, config_path=None):
     """Write the model config beside the checkpoints (`<stem>_config.json`), as fine-tuning and the merge do,
     so the converters and inference find it without --config_path. A --config_path that already is that
     file is never rewritten (flags given on the command line are then only in the log)."""
-    from tencentpretrain.config import config_path_beside, read_config_file
     path = config_path_beside(output_model_path)
     if config_path and os.path.abspath(path) == os.path.abspath(config_path):
         differ = sorted(k for k, v in model_cfg.to_dict().items() if read_config_file(path).get(k) != v)

@@ -1,14 +1,10 @@
 """The progress line printed every --report_steps, and the summary at the end (rank 0 only)."""
-import datetime
 import time
 
 import torch
 
 from tencentpretrain.training.distributed import all_reduce_sum
-
-
-def _fmt_time(seconds):
-    return str(datetime.timedelta(seconds=int(max(0, seconds))))
+from tencentpretrain.utils.runtime import format_duration
 
 
 class Meter:
@@ -51,7 +47,7 @@ class Meter:
         self.last = {"step": step, "loss": loss, **values, "lr": lr, "tokens_per_s": tokens / elapsed}
         parts = [f"| step {step:>{len(str(self.total_steps))}}/{self.total_steps}", f"loss {loss:.4f}"]
         parts += [f"{n} {v:.4f}" for n, v in values.items()]
-        parts += [f"lr {lr:.2e}", f"{tokens / elapsed:,.0f} tokens/s", f"eta {_fmt_time(eta)}"]
+        parts += [f"lr {lr:.2e}", f"{tokens / elapsed:,.0f} tokens/s", f"eta {format_duration(eta)}"]
         self._reset(step)
         return " | ".join(parts)
 

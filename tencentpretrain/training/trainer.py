@@ -28,7 +28,8 @@ from tencentpretrain.training import checkpoint as ckpt
 from tencentpretrain.training.distributed import DistEnv, all_gather_objects, all_reduce_sum
 from tencentpretrain.training.events import EventLog
 from tencentpretrain.training.optim import build_optimizer, build_param_groups, build_scheduler
-from tencentpretrain.training.report import Meter, _fmt_time
+from tencentpretrain.training.report import Meter
+from tencentpretrain.utils import runtime
 from tencentpretrain.utils.log import info
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -97,7 +98,7 @@ class Trainer:
         if self._resumed_rng is not None:
             ckpt.set_rng_state(self._resumed_rng)
         else:  # ranks draw different dropout masks; data order is the loader's business
-            ckpt.seed_everything(cfg.seed + env.rank)
+            runtime.seed_everything(cfg.seed + env.rank)
         self._log_start()
         self.meter = Meter(env, cfg.total_steps, self.step)
         events = EventLog(cfg.tensorboard_dir, self.log) if cfg.tensorboard_dir and env.is_main else None
@@ -109,7 +110,7 @@ class Trainer:
         linked = cfg.output_model_path and self._link_final()
         self._call("on_train_end", self)
         summary = self.meter.summary(self.step)
-        self.log(f"done: {summary['steps']} steps in {_fmt_time(summary['seconds'])}, "
+        self.log(f"done: {summary['steps']} steps in {runtime.format_duration(summary['seconds'])}, "
                  f"{summary['tokens_per_s']:,.0f} tokens/s, last loss {summary.get('loss', float('nan')):.4f}"
                  + (f", model saved to {self.last_checkpoint} (linked as {cfg.output_model_path})" if linked
                     else f", last checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""), flush=True)
@@ -179,8 +180,7 @@ class Trainer:
         return loss
 
     def autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
-        return torch.autocast(self.env.device.type, dtype=dtype, enabled=dtype is not None)
+        return runtime.autocast(self.env.device, self.cfg.precision)
 
     def _batches(self):
         while True:  # a finite loader is read again (next epoch)

@@ -1,5 +1,6 @@
 """Atomic file writes: a crash mid-write leaves the previous file intact."""
 import contextlib
+import json
 import os
 
 
@@ -19,3 +20,10 @@ def atomic_write(path, mode="w", **kwargs):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def write_json(path, obj, ensure_ascii=True):
+    """`obj` as indented JSON with a final newline, written atomically (see atomic_write)."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=ensure_ascii)
+        f.write("\n")

@@ -1,6 +1,9 @@
-"""Weight-Inherited Distillation: compactors, mask groups, schedule, penalty, merge (see WID.md).
+"""Weight-Inherited Distillation: compactors, mask groups, schedule, penalty, merge (README: "Compressing
+BERT with Weight-Inherited Distillation (WID)").
 
-Importing this package registers the encoder "wid_transformer" and the target "wid_mlm".
+The core reaches WID only through feature.py (registered in tencentpretrain/features.py), which it
+imports when a model config has a `wid` block, names "wid_transformer"/"wid_mlm", or a command line
+has WID flags. Importing this package registers the encoder "wid_transformer" and the target "wid_mlm".
 """
 from tencentpretrain.wid.cli import apply_wid_overrides, wid_opts  # noqa: F401
 from tencentpretrain.wid.config import WidConfig, plan_geometry  # noqa: F401

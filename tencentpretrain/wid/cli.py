@@ -10,6 +10,9 @@ import argparse
 import dataclasses
 
 from tencentpretrain.errors import UserError
+from tencentpretrain.utils.log import info
+from tencentpretrain.wid.config import WidConfig, plan_geometry
+from tencentpretrain.wid.strategies import strategy_names
 
 # flag -> WidConfig field
 FLAGS = {"target_dim": "target_hidden_size", "target_feedforward_size": "target_feedforward_size",
@@ -28,7 +31,7 @@ def wid_opts(parser):
     g.add_argument("--target_dim", type=int, default=s, help="student hidden size (wid.target_hidden_size)")
     g.add_argument("--target_feedforward_size", type=int, default=s,
                    help="student FFN size (default: scaled with --target_dim)")
-    g.add_argument("--compactor_mask_strategy", choices=("dim", "head"), default=s,
+    g.add_argument("--compactor_mask_strategy", choices=strategy_names(), default=s,
                    help="dim: all heads kept, each narrower; head: whole heads dropped")
     g.add_argument("--l2_lambda", type=float, default=s, help="pull on masked entries (default 20)")
     g.add_argument("--compactor_learning_rate", type=float, default=s, help="compactors' lr (default 5e-5)")
@@ -64,7 +67,6 @@ def apply_wid_overrides(model_cfg, args, where="command line"):
     normalise_target(model_cfg)
     overrides = {FLAGS[k]: v for k, v in given.items() if k in FLAGS}
     if overrides:
-        from tencentpretrain.wid.config import WidConfig, plan_geometry
         values = dataclasses.asdict(model_cfg.wid)
         values.update(overrides)
         if "target_dim" in given and "target_feedforward_size" not in given:
@@ -97,7 +99,6 @@ def normalise_target(model_cfg):
 
 def convert_to_wid(model_cfg, given):
     """A plain BERT config + WID flags -> the WID config (defaults of WidConfig + the flags)."""
-    from tencentpretrain.wid.config import WidConfig
     flags = " ".join(f"--{k}" for k in given)
     if model_cfg.encoder not in ("transformer", "wid_transformer"):
         raise UserError(f"{flags}: WID compresses a BERT-style \"transformer\" encoder; the config has "
@@ -114,5 +115,4 @@ def convert_to_wid(model_cfg, given):
 
 
 def _note(message):
-    from tencentpretrain.utils.log import info
     info(f"note: {message}", flush=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tencentpretrain.errors import UserError
+from tencentpretrain.wid.strategies import get_strategy, strategy_names
 
-STRATEGIES = ("dim", "head")
 IMPORTANCE = ("group", "reference")
 FOLDS = ("auto", "weights", "activations")
 # The reference code's flag names, accepted as keys too.
@@ -70,7 +70,7 @@ class WidConfig:
                 raise UserError(f"{where}: 'wid.{name}' must be at least 1, got {getattr(self, name)}")
         if self.target_feedforward_size is not None and self.target_feedforward_size < 1:
             raise UserError(f"{where}: 'wid.target_feedforward_size' must be at least 1")
-        for name, choices in (("strategy", STRATEGIES), ("importance", IMPORTANCE), ("fold", FOLDS)):
+        for name, choices in (("strategy", strategy_names()), ("importance", IMPORTANCE), ("fold", FOLDS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{where}: 'wid.{name}' is '{getattr(self, name)}'; choose one of: "
                                 f"{', '.join(choices)}")
@@ -125,12 +125,6 @@ class Geometry:
                 "attention_head_size": None}
 
 
-def _nearest(value, step, low, high):
-    below = max(low, (value // step) * step)
-    above = min(high, below + step)
-    return sorted({below, above})
-
-
 def plan_geometry(model_cfg, wid=None, where="model config"):
     """Check that `model_cfg` (the teacher's shape plus its wid block) can be compressed as asked."""
     wid = wid or model_cfg.wid
@@ -152,22 +146,10 @@ def plan_geometry(model_cfg, wid=None, where="model config"):
     if not 1 <= t <= h:
         raise UserError(f"{where}: wid.target_hidden_size {t} must be between 1 and the teacher's hidden "
                         f"size {h}")
-    if wid.strategy == "dim":
-        # Every head keeps the same number of dims, so the student has `heads` heads of t / heads.
-        if t % heads:
-            near = _nearest(t, heads, heads, h)
-            raise UserError(f"{where}: strategy 'dim' keeps all {heads} heads, so wid.target_hidden_size must "
-                            f"be a multiple of {heads}; {t} is not. Nearest reachable: "
-                            f"{' or '.join(map(str, near))}")
-        t_heads, t_d, stages = heads, t // heads, wid.attention_stages
-    else:
-        if t % d:
-            near = _nearest(t, d, d, h)
-            raise UserError(f"{where}: strategy 'head' keeps whole heads of {d}, so wid.target_hidden_size "
-                            f"must be a multiple of {d}; {t} is not. Nearest reachable: "
-                            f"{' or '.join(map(str, near))}")
-        t_heads, t_d = t // d, d
-        stages = max(1, heads - t_heads)  # one head per stage
+    # The strategy (wid/strategies) says which widths it reaches and in how many stream/attention stages.
+    strategy = get_strategy(wid.strategy, where=f"{where}: wid.strategy")
+    t_heads, t_d = strategy.heads_for(h, heads, d, t, where=where)
+    stages = strategy.stages(heads, t_heads, wid)
     tf = wid.target_feedforward_size
     if tf is None:
         if (f * t) % h:

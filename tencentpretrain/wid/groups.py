@@ -1,4 +1,4 @@
-"""Mask groups: the sets of coordinates that must be pruned together (WID.md section 3).
+"""Mask groups: the sets of coordinates that must be pruned together (README, "What is masked together").
 
     S    the residual stream (hidden): the embedding compactor, every compactor reading or writing the
          stream, every LayerNorm on it. One mask for the whole network.
@@ -9,23 +9,25 @@
 A group is an nn.Module owned by one module of the model (so its mask is part of the state dict:
 `embedding.wid_mask.keep`, `encoder.transformer.3.self_attn.wid_mask.keep`, ...). `attach` builds
 them from the model's structure and tells every member which group indexes which of its axes.
+WID training masks them step by step (schedule.py); magnitude pruning (pruning.py) sets them once.
 """
 import torch
 import torch.nn as nn
 
 from tencentpretrain.wid.compactor import CompactedLinear
 from tencentpretrain.wid.layer_norm import MaskedLayerNorm
+from tencentpretrain.wid.strategies import get_strategy
 
 
 class MaskGroup(nn.Module):
-    def __init__(self, name, kind, size, target, unit=1, whole_units=False, by_head=None):
+    def __init__(self, name, kind, size, target, unit=1, strategy=None, by_head=None):
         super().__init__()
         self.name, self.kind, self.size, self.target = name, kind, size, target
-        self.unit = unit                # dims per head for attention groups, else 1
-        self.whole_units = whole_units  # strategy head: whole heads are masked
-        # Cut in head-sized chunks (the same count per chunk, or whole chunks): attention groups, and
-        # the stream S under `importance: reference`, as the reference code cuts it.
+        self.unit = unit  # dims per head for attention groups, else 1
+        # Cut in head-sized chunks, as `strategy` (a MaskStrategy, wid/strategies) says: attention
+        # groups, and the stream S under `importance: reference`, as the reference code cuts it.
         self.by_head = kind == "attention" if by_head is None else by_head
+        self.strategy = strategy
         # keep: not masked. decay: 1 while kept, the product of the per-step pulls once masked,
         # exactly 0 once the dim was zeroed ("dead": skipped by the fold, zeroed after each step).
         self.register_buffer("keep", torch.ones(size, dtype=torch.bool))
@@ -74,6 +76,17 @@ class MaskGroup(nn.Module):
             if p is not None:
                 yield p, axis, name.startswith("compactor")
 
+    def weights(self):
+        """(module, "weight", axis) of every teacher matrix whose slices along `axis` are this group's
+        coordinates: the weights the compactors sit on (an embedding compactor: the word, position and
+        segment tables, whose columns are the stream)."""
+        for module, name, axis in self.members:
+            if isinstance(module, CompactedLinear) and name.startswith("compactor"):
+                yield module, "weight", axis
+            elif name == "compactor_out":  # the embedding
+                for table in module.names:
+                    yield getattr(module, table).embedding, "weight", 1
+
 
 def _own(owner, group):
     owner.wid_mask = group  # registered as a submodule: its buffers join the state dict
@@ -101,12 +114,14 @@ def _link_norm(norm, group):
 
 def attach(model, geometry, strategy, stream_by_head=False):
     """Create the groups of a WID model (embedding, wid_transformer encoder, wid_mlm target).
-    `stream_by_head`: cut S in head-sized chunks like the attention width (the reference's way)."""
+    `strategy`: a mask strategy or its name; `stream_by_head`: cut S in head-sized chunks like the
+    attention width (the reference's way)."""
     g = geometry
+    if isinstance(strategy, str):
+        strategy = get_strategy(strategy)
     emb, enc, mlm = model.embedding, model.encoder, model.target.mlm
     if stream_by_head:
-        s = MaskGroup("S", "stream", g.hidden, g.target_hidden, unit=g.head_size, whole_units=strategy == "head",
-                      by_head=True)
+        s = MaskGroup("S", "stream", g.hidden, g.target_hidden, unit=g.head_size, strategy=strategy, by_head=True)
     else:
         s = MaskGroup("S", "stream", g.hidden, g.target_hidden)
     s = _own(emb, s)
@@ -116,7 +131,7 @@ def attach(model, geometry, strategy, stream_by_head=False):
     for i, layer in enumerate(enc.transformer):
         attn, ffn = layer.self_attn, layer.feed_forward
         a = _own(attn, MaskGroup(f"A.{i}", "attention", g.hidden, g.target_hidden, unit=g.head_size,
-                                 whole_units=strategy == "head"))
+                                 strategy=strategy))
         f = _own(ffn, MaskGroup(f"F.{i}", "ffn", g.ffn, g.target_ffn))
         for lin in attn.linear_layers:
             _link_linear(lin, s, a)

@@ -1,22 +1,33 @@
-"""Fold the compactors into the weights and keep the kept coordinates: a smaller dense BERT (WID.md §6).
+"""Fold the compactors into the weights and keep the kept coordinates: a smaller dense BERT (README, "Merge").
 
     linear       W_s = R[keep_out, :] W L[:, keep_in]      b_s = (R b)[keep_out]
     LayerNorm    gamma[keep], beta[keep]                    (S, or M for the MLM head)
     embeddings   E_s = E C_emb[S, :]^T                      for word, position and segment tables
     decoder      W_dec,s = W_dec L_dec[:, M]                bias unchanged (the vocabulary is kept)
-    strategy dim W_q, b_q *= sqrt(d_student / d_teacher)    the student divides scores by sqrt(d_s)
+    head size    W_q, b_q *= sqrt(d_student / d_teacher)    when the strategy narrows the heads (`dim`):
+                                                            the student divides scores by sqrt(d_s)
 
 Computed in float64, stored in float32. The student keeps BERT's key names, and its config is the
 teacher's with the new widths, encoder "transformer", target ["mlm"], untied decoder (the merged
 decoder W_dec L_dec[:, M] differs from the merged word table E C_emb[S, :]^T), and no wid block.
+Magnitude pruning (pruning.py) folds the same way, with identity compactors and masks set once.
 """
 import math
+import os
+import warnings
 
 import torch
 
+from tencentpretrain.config import config_for_checkpoint, config_path_beside
 from tencentpretrain.errors import UserError
+from tencentpretrain.model_builder import build_model
+from tencentpretrain.model_io import load_model_weights, load_state_dict_file, save_state_dict
+from tencentpretrain.training.checkpoint import state_path
+from tencentpretrain.utils.io import write_json
+from tencentpretrain.wid.cli import apply_wid_overrides
 from tencentpretrain.wid.compactor import CompactedLinear
 from tencentpretrain.wid.config import plan_geometry
+from tencentpretrain.wid.decay import live_masked, steps_to_die
 from tencentpretrain.wid.groups import groups_of
 from tencentpretrain.wid.layer_norm import MaskedLayerNorm
 from tencentpretrain.wid.modules import CompactedEmbedding
@@ -34,9 +45,9 @@ def fold_linear(linear):
     w = linear.weight.double()
     b = linear.bias.double() if linear.bias is not None else None
     if linear.compactor_in is not None:
-        w = w @ linear.compactor_in.double()[:, k_in]
+        w = w @ linear.compactor_in[:, k_in].double()
     if linear.compactor_out is not None:
-        r = linear.compactor_out.double()[k_out]
+        r = linear.compactor_out[k_out].double()
         w = r @ w
         b = r @ b if b is not None else None
     return w, b
@@ -55,18 +66,23 @@ def check_finished(model):
                         f"{model.cfg.wid.w_step}); train longer or merge a later checkpoint.")
 
 
+def check_heads(model, geometry):
+    """Every layer's kept attention dims must form the student's heads: target_heads heads of
+    target_head_size, the other heads empty (the student's config has one head count and size)."""
+    for g in groups_of(model):
+        if g.kind != "attention":
+            continue
+        per_head = g.keep.view(-1, g.unit).sum(1).tolist()
+        used = [n for n in per_head if n]
+        if len(used) != geometry.target_heads or set(used) != {geometry.target_head_size}:
+            raise UserError(f"group {g.name}: kept dims per head {per_head} do not form "
+                            f"{geometry.target_heads} heads of {geometry.target_head_size}")
+
+
 @torch.no_grad()
-def merge(model):
-    """The dense student of a compacted WID model: (state_dict, student config dict)."""
-    check_finished(model)
-    cfg, geometry = model.cfg, plan_geometry(model.cfg)
-    for g in groups_of(model):  # the student's heads must all have the same size
-        if g.kind == "attention":
-            per_head = g.keep.view(-1, g.unit).sum(1)
-            want = {geometry.target_head_size} if cfg.wid.strategy == "dim" else {0, g.unit}
-            if not set(per_head.tolist()) <= want:
-                raise UserError(f"group {g.name}: kept dims per head {per_head.tolist()} do not form "
-                                f"{geometry.target_heads} heads of {geometry.target_head_size}")
+def fold_model(model):
+    """{key: float64 tensor} of every folded parameter: compactors and masks applied, kept coordinates
+    only, under the teacher's key names (the attention-scale fix is separate: fold_score_scale)."""
     sd = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
@@ -79,18 +95,42 @@ def merge(model):
             keep = _kept(module.group[0])
             sd[prefix + "gamma"], sd[prefix + "beta"] = module.gamma.double()[keep], module.beta.double()[keep]
         elif isinstance(module, CompactedEmbedding):
-            c = module.compactor_out.double()[_kept(module.groups[0])]
+            c = module.compactor_out[_kept(module.groups[0])].double()
             for emb_name in module.names:
                 table = getattr(module, emb_name).embedding.weight.double()
                 sd[f"{prefix}{emb_name}.embedding.weight"] = table @ c.t()
-    if cfg.wid.strategy == "dim":  # scores were divided by sqrt(d_teacher) in training
-        scale = math.sqrt(geometry.target_head_size / geometry.head_size)
-        for i in range(cfg.layers_num):
-            for key in ("weight", "bias"):
-                sd[f"encoder.transformer.{i}.self_attn.linear_layers.0.{key}"] *= scale
-    own = {k for k in model.state_dict() if "compactor" not in k and "wid_mask." not in k}
-    if own - set(sd):
-        raise RuntimeError(f"merge left out {sorted(own - set(sd))[:5]}")  # a component it does not know
+    return sd
+
+
+def unfolded_keys(model, sd):
+    """The model's own keys (not compactors or masks) that fold_model did not produce."""
+    return sorted(k for k in model.state_dict() if "compactor" not in k and "wid_mask." not in k and k not in sd)
+
+
+def fold_score_scale(sd, layers, geometry):
+    """Training divides attention scores by sqrt(teacher head size), the student by sqrt(its own): when
+    the head size changes, fold sqrt(d_student / d_teacher) into W_q and b_q of every layer, in place."""
+    if geometry.target_head_size == geometry.head_size:
+        return sd
+    scale = math.sqrt(geometry.target_head_size / geometry.head_size)
+    for i in range(layers):
+        for key in ("weight", "bias"):
+            key = f"encoder.transformer.{i}.self_attn.linear_layers.0.{key}"
+            if key in sd:
+                sd[key] = sd[key] * scale
+    return sd
+
+
+@torch.no_grad()
+def merge(model):
+    """The dense student of a compacted WID model: (state_dict, student config dict)."""
+    check_finished(model)
+    cfg, geometry = model.cfg, plan_geometry(model.cfg)
+    check_heads(model, geometry)
+    sd = fold_score_scale(fold_model(model), cfg.layers_num, geometry)
+    left_out = unfolded_keys(model, sd)
+    if left_out:
+        raise RuntimeError(f"merge left out {left_out[:5]}")  # a component it does not know
     student = cfg.to_dict()
     student.pop("wid", None)
     student.update(geometry.student_overrides(), encoder="transformer", target=["mlm"], tie_weights=False)
@@ -98,16 +138,9 @@ def merge(model):
     return {k: v.float().contiguous() for k, v in sd.items()}, student
 
 
-def student_config_path(output_model_path):
-    from tencentpretrain.config import config_path_beside
-    return config_path_beside(output_model_path)
-
-
 def _decay_context(load_model_path, wid):
     """(compactor lr, l2_lambda, step, last mask update, source) for the "steps still needed" estimate:
     from the training-state file beside the checkpoint when there is one, else the config."""
-    import os
-    from tencentpretrain.training.checkpoint import state_path
     lr, lam, step, last, source = wid.compactor_learning_rate, wid.l2_lambda, None, None, "the config"
     if os.path.isfile(state_path(load_model_path)):
         try:
@@ -126,7 +159,6 @@ def _decay_context(load_model_path, wid):
 def check_dead(model, load_model_path, allow_live_masked=False):
     """Refuse (or, allowed, warn about) masked coordinates that have not decayed below wid.zero_below:
     the merge drops them, so the student would differ from the trained model."""
-    from tencentpretrain.wid.decay import live_masked, steps_to_die
     wid = model.cfg.wid
     live = live_masked(model, wid.zero_below)
     if not live:
@@ -149,7 +181,6 @@ def check_dead(model, load_model_path, allow_live_masked=False):
                f"--total_steps) or merge a later checkpoint")
     if not allow_live_masked:
         raise UserError(message + "; nothing was written. --allow_live_masked merges anyway.")
-    import warnings
     warnings.warn(message + "; merging anyway (--allow_live_masked).")
     return live
 
@@ -159,18 +190,8 @@ def merge_checkpoint(load_model_path, config_path, output_model_path, output_con
     """Read a compacted checkpoint, write the dense student and its config json. Returns the config path.
     `config_path` is the WID config the run used, or the plain teacher config plus the same WID flags
     in `wid_args` (the reference code's way)."""
-    import json
-
-    from tencentpretrain.config import load_model_config
-    from tencentpretrain.model_builder import build_model
-    from tencentpretrain.model_io import load_model_weights, load_state_dict_file, save_state_dict
-    from tencentpretrain.utils.io import atomic_write
-    from tencentpretrain.wid.cli import apply_wid_overrides
-
     sd = load_state_dict_file(load_model_path)
-    # Table sizes come from the checkpoint (the run may have overridden them on the command line).
-    shapes = {"vocab_size": "embedding.word.embedding.weight", "max_seq_length": "embedding.pos.embedding.weight"}
-    cfg = load_model_config(config_path, {k: sd[key].shape[0] for k, key in shapes.items() if key in sd})
+    cfg = config_for_checkpoint(config_path, sd)  # table sizes from the checkpoint
     apply_wid_overrides(cfg, wid_args or {})
     if cfg.wid is None:
         raise UserError(f"{config_path}: not a WID config (no 'wid' block); pass the config the compacted "
@@ -182,8 +203,6 @@ def merge_checkpoint(load_model_path, config_path, output_model_path, output_con
     check_dead(model, load_model_path, allow_live_masked)
     student_sd, student_cfg = merge(model)
     save_state_dict(student_sd, output_model_path)
-    output_config_path = output_config_path or student_config_path(output_model_path)
-    with atomic_write(output_config_path, "w", encoding="utf-8") as f:
-        json.dump(student_cfg, f, indent=2)
-        f.write("\n")
+    output_config_path = output_config_path or config_path_beside(output_model_path)
+    write_json(output_config_path, student_cfg)
     return output_config_path, student_cfg

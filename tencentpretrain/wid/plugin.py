@@ -20,8 +20,11 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from tencentpretrain.errors import UserError
 from tencentpretrain.training.callbacks import Callback
-from tencentpretrain.training.optim import ParamGroupClaim
+from tencentpretrain.training.optim import ParamGroupClaim, lr_factor
+from tencentpretrain.utils.io import atomic_write
+from tencentpretrain.utils.log import info
 from tencentpretrain.wid import decay, penalty, schedule
 from tencentpretrain.wid.config import plan_geometry
 from tencentpretrain.wid.groups import groups_of
@@ -55,7 +58,6 @@ class MaskLog:
         """On resume: drop lines written after the checkpoint (the run will write them again)."""
         if not self.path or not os.path.isfile(self.path):
             return
-        from tencentpretrain.utils.io import atomic_write
         with open(self.path, encoding="utf-8") as f:
             lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
         with atomic_write(self.path, "w", encoding="utf-8") as f:
@@ -127,7 +129,6 @@ class WidCallback(Callback):
         if main:
             self.log.append(records)
             if self.wid.print_updates:
-                from tencentpretrain.utils.log import info
                 info(f"wid: mask update at step {step}: " +
                      ", ".join(f"{k} {v}" for k, v in self.kept_widths().items()), flush=True)
         return records
@@ -161,7 +162,6 @@ class WidCallback(Callback):
             return
         factor = lambda s: 1.0  # noqa: E731  (no schedule known: the configured lr throughout)
         if train_cfg is not None and getattr(train_cfg, "scheduler", None):
-            from tencentpretrain.training.optim import lr_factor
             factor = lr_factor(train_cfg.scheduler, total, int(total * train_cfg.warmup))
 
         def lr_at(s):  # the compactors' lr of the step taken after s steps
@@ -201,7 +201,6 @@ class WidCallback(Callback):
     def load_state_dict(self, state):
         for key in ("w_step", "strategy", "target_hidden_size"):
             if state.get(key) != getattr(self.wid, key):
-                from tencentpretrain.errors import UserError
                 raise UserError(f"the checkpoint was trained with wid.{key} = {state.get(key)!r}, this run "
                                 f"asks for {getattr(self.wid, key)!r}; resume with the same WID settings")
         self.last_update = state["last_update"]
@@ -216,7 +215,7 @@ def default_log_path(wid, output_model_path):
 
 
 def build_wid_plugin(model, model_cfg, train_cfg=None, log_path=None):
-    """The seam pretrain.py calls (training/plugins.py): returns ([callback], [claims])."""
+    """WID's training plugins (WidFeature.training_plugins, called by pretrain.py): ([callback], [claims])."""
     log_path = log_path or default_log_path(model_cfg.wid, getattr(train_cfg, "output_model_path", None))
     cb = WidCallback(model, log_path, getattr(train_cfg, "total_steps", None))
     if model_cfg.wid.compactors_only:  # the reference's --comp_only: the teacher's weights stay as loaded

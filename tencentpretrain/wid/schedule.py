@@ -1,16 +1,20 @@
-"""When masks grow, by how much, and which coordinates go (WID.md section 4).
+"""When masks grow, by how much, and which coordinates go (README, "Compressing BERT with WID").
 
 Mask updates happen at optimizer steps w_step, 2*w_step, ...; update u sets
   FFN and MLM groups       masked = (size - target) * min(u, ffn_stages) / ffn_stages
   stream S, attention A_l  stage a = min(u // attention_stage_interval, stages), masked grows linearly
-                           with a: strategy `dim` takes the same number of dims from every head,
-                           strategy `head` one whole head per stage. S is cut freely (its lowest scores
-                           anywhere) unless `importance: reference`, which cuts it in head-sized chunks
-                           like the attention width, as the reference code does.
+                           with a; the mask strategy (wid/strategies) sets the number of stages and,
+                           for the groups cut by head, what a unit is and which go: `dim` takes the
+                           same number of dims from every head, `head` one whole head per stage. S is
+                           cut freely (its lowest scores anywhere) unless `importance: reference`,
+                           which cuts it in head-sized chunks like the attention width, as the
+                           reference code does.
 Masks only grow: coordinates masked earlier stay masked (their compactors are being pulled to zero,
 so they would lose any re-ranking anyway, and a dead coordinate is exactly zero).
 """
 import torch
+
+from tencentpretrain.wid.strategies.base import mask_lowest
 
 
 def is_update_step(step, wid, geometry):
@@ -26,13 +30,15 @@ def stage_fraction(group, update, wid, geometry):
 
 
 def masked_count(group, update, wid, geometry):
-    """How many dims (or, for whole-head masking, heads) of `group` are masked after `update`."""
-    frac = stage_fraction(group, update, wid, geometry)
+    """How many dims (or, for groups cut by head, units of its strategy) of `group` are masked after `update`."""
+    return count_at(group, stage_fraction(group, update, wid, geometry), geometry)
+
+
+def count_at(group, fraction, geometry):
+    """How many dims (or strategy units) of `group` are masked `fraction` (0..1) of the way to its target."""
     if group.by_head:  # attention groups; S under `importance: reference`
-        if group.whole_units:
-            return int(((geometry.heads - geometry.target_heads) * frac) + 1e-9)
-        return int(((geometry.head_size - geometry.target_head_size) * frac) + 1e-9)  # per head
-    return int(((group.size - group.target) * frac) + 1e-9)
+        return group.strategy.masked_units(group, fraction, geometry)
+    return int(((group.size - group.target) * fraction) + 1e-9)
 
 
 def _column_norms_sq(p, axis):
@@ -54,18 +60,23 @@ def importance(group, rule="group"):
     return score
 
 
+def weight_magnitude(group, counted=None):
+    """Score per coordinate from the weights the compactors sit on (one-shot magnitude pruning): the
+    squared L2 norm of its slice of each of the group's matrices divided by that matrix's squared norm,
+    summed, in float64 (every matrix has the same say, so the 30k-row word table does not outvote the
+    layers). `counted(module, name)`: whether a matrix counts (pruning: those the checkpoint supplied)."""
+    score = torch.zeros(group.size, dtype=torch.float64)
+    for module, name, axis in group.weights():
+        if counted is not None and not counted(module, name):
+            continue
+        w = getattr(module, name).detach().double()
+        score += w.pow(2).sum(1 - axis) / w.pow(2).sum().clamp_min(1e-30)
+    return score
+
+
 def select(group, score, count):
-    """The new keep mask: the old masked coordinates plus the lowest-scoring kept ones, so that
-    `count` dims (per head for `dim` attention groups) or `count` whole heads are masked."""
-    score = score.float().masked_fill(~group.keep, float("-inf"))  # already masked sort first
-    keep = torch.ones_like(group.keep)
-    if group.by_head and group.whole_units:
-        per_head = score.view(-1, group.unit).sum(1)
-        order = torch.argsort(per_head, stable=True)[:count]
-        keep.view(-1, group.unit)[order] = False
-        return keep
-    unit = group.unit if group.by_head else group.size
-    rows = score.view(-1, unit)
-    order = torch.argsort(rows, dim=1, stable=True)[:, :count]
-    keep.view(-1, unit).scatter_(1, order, False)
-    return keep
+    """The new keep mask: the old masked coordinates plus the lowest-scoring kept ones, so that `count`
+    dims are masked (groups cut by head: `count` units of the group's strategy, chosen by it)."""
+    if group.by_head:
+        return group.strategy.select(group, score, count)
+    return mask_lowest(group, score, group.size, count)
