@@ -26,14 +26,14 @@ WIDTHS = {  # name -> (hidden, heads, ffn, layers); base uses fewer layers by de
 }
 
 
-def model_config(width, layers, wid, vocab_size, seq_length, fold):
+def model_config(width, layers, wid, vocab_size, seq_length, fold, compactors_only=False):
     hidden, heads, ffn, _ = WIDTHS[width]
     cfg = {"emb_size": hidden, "hidden_size": hidden, "heads_num": heads, "feedforward_size": ffn,
            "layers_num": layers, "max_seq_length": seq_length, "vocab_size": vocab_size, "dropout": 0.1,
            "tie_weights": True, "encoder": "transformer", "target": ["mlm"]}
     if wid:
         cfg.update(encoder="wid_transformer", target=["wid_mlm"],
-                   wid={"target_hidden_size": hidden // 2, "fold": fold})
+                   wid={"target_hidden_size": hidden // 2, "fold": fold, "compactors_only": compactors_only})
     return cfg
 
 
@@ -42,17 +42,17 @@ def build(spec, wid):
 
     from tencentpretrain.config import load_model_config
     from tencentpretrain.model_builder import build_model
-    from tencentpretrain.training.optim import build_param_groups
+    from tencentpretrain.training.optim import build_optimizer, build_param_groups
 
     torch.manual_seed(0)
     cfg = load_model_config(None, model_config(spec["width"], spec["layers"], wid, spec["vocab_size"],
-                                               spec["seq_length"], spec["fold"]))
+                                               spec["seq_length"], spec["fold"], spec.get("compactors_only", False)))
     model = build_model(cfg).train()
     callbacks, claims = [], []
     if wid:
         from tencentpretrain.wid import build_wid_plugin
         callbacks, claims = build_wid_plugin(model, cfg)
-    opt = torch.optim.AdamW(build_param_groups(model, 1e-4, 0.01, claims), lr=1e-4)
+    opt = build_optimizer(build_param_groups(model, 1e-4, 0.01, claims), lr=1e-4)  # as the trainer's
     return model, callbacks, opt
 
 
@@ -89,8 +89,9 @@ def worker(spec):
         train_step(*run, warm, dtype, 1)
         params = list(run[0].parameters())
         result[kind] = {"wall": [], "cpu": [], "params": sum(p.numel() for p in params),
-                        # weight, gradient, Adam's two moments
-                        "state_bytes": sum(p.numel() * p.element_size() * 4 for p in params)}
+                        # weight, and for trained ones a gradient and Adam's two moments
+                        "state_bytes": sum(p.numel() * p.element_size() * (4 if p.requires_grad else 1)
+                                           for p in params)}
     for step in range(2, spec["steps"] + 2):
         for kind, run in runs.items():
             wall, cpu = train_step(*run, batch, dtype, step)
@@ -120,6 +121,8 @@ def main(argv=None):
     p.add_argument("--vocab_size", type=int, default=30522)
     p.add_argument("--steps", type=int, default=2, help="timed rounds per row (after a one-sequence warm-up)")
     p.add_argument("--fold", choices=("auto", "weights", "activations"), default="auto")
+    p.add_argument("--compactors_only", action="store_true",
+                   help="WID with wid.compactors_only: the teacher's weights frozen (no gradient, no Adam state)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:
@@ -134,7 +137,8 @@ def main(argv=None):
         for precision in args.precisions:
             for tokens in args.tokens:
                 r = measure(dict(width=width, layers=layers, precision=precision, tokens=tokens, steps=args.steps,
-                                 seq_length=args.seq_length, vocab_size=args.vocab_size, fold=args.fold))
+                                 seq_length=args.seq_length, vocab_size=args.vocab_size, fold=args.fold,
+                                 compactors_only=args.compactors_only))
                 plain, wid = r["plain"], r["wid"]
                 print(f"{width:<6} {layers:>6} {precision:<5} {tokens:>6} {plain['wall']:>8.3f} {wid['wall']:>8.3f} "
                       f"{wid['wall'] / plain['wall']:>7.2f} {wid['cpu'] / plain['cpu']:>6.2f} "

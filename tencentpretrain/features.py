@@ -30,12 +30,16 @@ class FeatureEntry:
 FEATURES = {
     "wid": FeatureEntry("tencentpretrain.wid.feature",
                         {"encoder": ("wid_transformer",), "target": ("wid_mlm",)}),
+    "kd": FeatureEntry("tencentpretrain.kd.feature"),
 }
 
 
 class Feature:
     """What a feature can do to a run. `name` is its config block; every hook defaults to nothing."""
     name = None
+    # Block keys a `--resume` may change (key -> what the change does, printed when applied); a change
+    # of any other key of the block is refused on resume (training/resume_options.py).
+    resume_may_change = {}
 
     # ---- the config block ------------------------------------------------------------------------
     def parse_block(self, value, where):

@@ -18,11 +18,16 @@ def load_state_dict_file(path):
         raise UserError(f"model file not found: {path}")
     if path.endswith(".safetensors"):
         try:
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
         except ImportError:
             raise UserError(f"{path}: reading .safetensors needs the optional package "
                             f"'safetensors' (pip install safetensors)") from None
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:  # a damaged or truncated header, an unreadable file
+            raise UserError(f"{path}: not a readable .safetensors file ({err}); the file is damaged or "
+                            "incomplete: copy or convert it again") from None
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated file, or pickled objects other than tensors

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from tencentpretrain.data.dataset import MAGIC, Dataset, array_dtypes, processor_of, read_header
+from tencentpretrain.data.dataset import Dataset, array_dtypes, header_bytes, processor_of, read_header
 from tencentpretrain.data.loader import build_loader
 from tencentpretrain.data.pipeline import PreprocessOptions, preprocess
 from tencentpretrain.data.processors import Processor
@@ -24,7 +24,7 @@ class ToyProcessor(Processor):
     labels = {"long": "is_long"}
 
     def process_block(self, lines, start, end):
-        for pos, _, text in lines:
+        for pos, _, text, _ in lines:  # corpus.Piece: lines shorter than 1 MiB come whole
             ids = self.encode(text)[:self.L - 2]
             if ids:
                 rng = np.random.default_rng([self.opts.seed, pos])
@@ -118,9 +118,9 @@ def test_dataset_of_unknown_processor(tmp_path, corpus):
     raw = bytearray(open(run(tmp_path, corpus[0], "mlm", dynamic_masking=True), "rb").read())
     n = struct.unpack("<Q", raw[8:16])[0]
     header = json.loads(raw[16:16 + n])
-    header["processor"] = "zzz"  # same width: the header keeps its length
-    (tmp_path / "x.tpd").write_bytes(MAGIC + raw[8:16] + json.dumps(header, sort_keys=True).encode()
-                                     + raw[16 + n:])
+    header["processor"] = "zzz"  # same width: the header keeps its length; re-signed with its checksum
+    signed = header_bytes(json.dumps(header, sort_keys=True).encode())
+    (tmp_path / "x.tpd").write_bytes(signed + raw[len(signed):])
     assert read_header(str(tmp_path / "x.tpd")).processor == "zzz"
     with pytest.raises(UserError, match=r"x.tpd was made by a data processor 'zzz' .*\(it has .*bert.*\); re-run"):
         build_loader(str(tmp_path / "x.tpd"), 2)

@@ -3,16 +3,22 @@
 Each task is fine-tuned twice into separate folders (same file names), then each model
 predicts the same file. A third run with another --seed must give another model, so the
 comparison can fail. Dropout (0.1 in the tiny config) and shuffling are both exercised.
+The command lines also seed before building the model, which would hide a fit() that forgot
+its own seeding; the last tests call fit() directly from fixed initial weights for that.
 """
 import hashlib
 import json
 import os
 
 import pytest
+import torch
 
+from tencentpretrain.config import load_model_config
 from tencentpretrain.resources import repo_root
-from tencentpretrain.tasks.classification import (classifier_infer_main, classifier_main, regression_infer_main,
-                                                  regression_main)
+from tencentpretrain.tasks.classification import (ClassificationTask, classifier_infer_main, classifier_main,
+                                                  regression_infer_main, regression_main)
+from tencentpretrain.tasks.engine import RunConfig, fit
+from tencentpretrain.tasks.heads import Classifier
 from tencentpretrain.tasks.squad import squad_infer_main, squad_main
 
 TINY = ["--config_path", os.path.join(repo_root(), "models", "bert", "tiny_config.json"), "--layers_num", "1",
@@ -103,3 +109,35 @@ def test_two_processes_write_the_same_model(tmp_path):
         assert res.returncode == 0, res.stderr
         digests.append(_sha(model))
     assert digests[0] == digests[1]
+
+
+# ---------------------------------------------------------------- fit() itself: its seed, not the caller's RNG
+def _fit_from_the_same_start(seed, disturb, dropout):
+    """Weights after engine.fit from fixed initial weights, with the global RNG moved by `disturb` first."""
+    torch.manual_seed(0)
+    model = Classifier(load_model_config(TINY[1], {"vocab_size": 40, "layers_num": 1, "dropout": dropout}), 2)
+    g = torch.Generator().manual_seed(1)
+    data = {"src": torch.randint(5, 40, (12, 6), generator=g), "seg": torch.ones(12, 6, dtype=torch.long),
+            "label": torch.randint(0, 2, (12,), generator=g)}
+    torch.manual_seed(disturb)  # whatever the caller drew before: fit() must not depend on it
+    run = RunConfig(epochs_num=2, batch_size=3, learning_rate=1e-3, warmup=0.0, seed=seed)
+    fit(model, ClassificationTask(), data, [], run, None, log=lambda msg: None)
+    return model.state_dict()
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_seeds_dropout_itself():
+    """Dropout 0.1 draws from the global RNG: fit() re-seeds it with run.seed, whatever came before."""
+    first = _fit_from_the_same_start(seed=5, disturb=100, dropout=0.1)
+    assert _same(first, _fit_from_the_same_start(seed=5, disturb=200, dropout=0.1))
+    assert not _same(first, _fit_from_the_same_start(seed=6, disturb=100, dropout=0.1))
+
+
+def test_fit_seed_drives_the_shuffling():
+    """Without dropout only the batch order is random: another run.seed must give another order."""
+    first = _fit_from_the_same_start(seed=5, disturb=100, dropout=0.0)
+    assert _same(first, _fit_from_the_same_start(seed=5, disturb=100, dropout=0.0))
+    assert not _same(first, _fit_from_the_same_start(seed=6, disturb=100, dropout=0.0))

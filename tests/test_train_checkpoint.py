@@ -7,6 +7,7 @@ import torch
 from tencentpretrain.errors import UserError
 from tencentpretrain.training import Callback, TrainConfig, Trainer
 from tencentpretrain.training import checkpoint as ckpt
+from tencentpretrain.training.trainer import CheckpointWriteError
 from tencentpretrain.training.toy import ToyLoader, ToyModel
 
 
@@ -128,7 +129,8 @@ def test_failure_during_save_leaves_previous_checkpoint_intact(tmp_path, monkeyp
     trainer.step += 1
     trainer.model.output.bias.data += 1.0  # a different model, so a half-finished save would show
     _fail_writes_after(monkeypatch, n_ok)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointWriteError, match=f"cannot write the checkpoint {out} at step 3: no space left "
+                                                   f".*last good checkpoint: {out}-2"):
         trainer.save(out)
     # no temporary files left
     assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.bin-2", "m.bin-2.state.pt", "m.bin.state.pt"]

@@ -19,7 +19,7 @@ from tencentpretrain.training.pretrain import prepare
 from tencentpretrain.wid import build_wid_plugin
 from tencentpretrain.wid.decay import schedule_decay, steps_to_die
 from tencentpretrain.wid.merge import merge
-from test_wid_e2e import SHAPE, WID_CONFIG, teacher  # noqa: F401  (teacher is a fixture)
+from test_wid_e2e import SHAPE, WID_CONFIG, mlm_dataset, teacher  # noqa: F401  (fixtures)
 from test_wid_helpers import batch, build_pair, logits, train, wid_dict, zero_masked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -260,6 +260,8 @@ def hf_to_tencentpretrain(sd, where="checkpoint", target=None, layernorm="normal
 
 def config_from_hf(hf_cfg, report, layernorm="normal_torch", where="config.json"):
     """A HF BertConfig dict -> our model config dict (TencentPretrain key names)."""
+    if not isinstance(hf_cfg, dict):
+        raise UserError(f"{where}: expected a JSON object (a BertConfig), got {type(hf_cfg).__name__}")
     model_type = hf_cfg.get("model_type", "bert")
     if model_type != "bert":
         raise UserError(f"{where}: model_type is '{model_type}'; this converter handles 'bert'")
@@ -270,6 +272,14 @@ def config_from_hf(hf_cfg, report, layernorm="normal_torch", where="config.json"
     if act not in HF_ACT_TO_OURS:
         raise UserError(f"{where}: hidden_act '{act}' has no equivalent here; "
                         f"supported: {', '.join(HF_ACT_TO_OURS)}")
+    needed = ("hidden_size", "intermediate_size", "num_attention_heads", "max_position_embeddings", "vocab_size")
+    missing = [k for k in needed if k not in hf_cfg]
+    if missing:
+        raise UserError(f"{where}: no {', '.join(missing)}; a BertConfig config.json states "
+                        f"{', '.join(needed)}")
+    bad = [k for k in needed if not isinstance(hf_cfg[k], int) or isinstance(hf_cfg[k], bool) or hf_cfg[k] < 1]
+    if bad:
+        raise UserError(f"{where}: {', '.join(f'{k} is {hf_cfg[k]!r}' for k in bad)}; sizes are positive integers")
     hidden = hf_cfg["hidden_size"]
     hf_eps = hf_cfg.get("layer_norm_eps", 1e-12)
     eps = hf_eps if layernorm == "normal_torch" else eps_between(hf_eps, hidden, "normal")
@@ -286,6 +296,36 @@ def config_from_hf(hf_cfg, report, layernorm="normal_torch", where="config.json"
         "target": report.target, "tie_weights": report.tie_weights,
         "vocab_size": hf_cfg["vocab_size"], "data_processor": "bert",
     }
+
+
+# ---- the sizes a config.json states and its weights show -------------------------------------------
+# HF config key: (our config key, what shows it, its key without `bert.`, the axis of that tensor).
+SIZES = {
+    "vocab_size": ("vocab_size", "the word embedding table", "embeddings.word_embeddings.weight", 0),
+    "hidden_size": ("hidden_size", "the word embedding table", "embeddings.word_embeddings.weight", 1),
+    "max_position_embeddings": ("max_seq_length", "the position table", "embeddings.position_embeddings.weight", 0),
+    "intermediate_size": ("feedforward_size", "layer 0's feed-forward", "encoder.layer.0.intermediate.dense.weight",
+                          0),
+}
+
+
+def size_mismatches(hf_cfg, hf_sd, our_names=False):
+    """The sizes of a HF BERT config dict that its weights (HF keys) contradict, as readable phrases:
+    "hidden_size 256 in the config, 128 in the weights (the word embedding table is [60, 128])".
+
+    Both converters call it before writing, so a config.json never contradicts its weights.
+    `our_names` names the keys as this toolkit's config does (for an export's --config_path).
+    """
+    sd = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in hf_sd.items()}
+    out = []
+    for key, (ours, what, tensor, axis) in SIZES.items():
+        if tensor not in sd or key not in hf_cfg:
+            continue
+        shape = list(sd[tensor].shape)
+        if hf_cfg[key] != shape[axis]:
+            out.append(f"{ours if our_names else key} {hf_cfg[key]} in the config, {shape[axis]} in the weights "
+                       f"({what} is {shape})")
+    return out
 
 
 # ---- ours -> Hugging Face ---------------------------------------------------------------------

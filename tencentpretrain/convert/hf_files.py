@@ -8,12 +8,12 @@ import json
 import os
 import shutil
 
-from tencentpretrain.config import ModelConfig, load_model_config
+from tencentpretrain.config import ModelConfig, load_model_config, table_sizes
 from tencentpretrain.convert import layernorm_deviation
 from tencentpretrain.convert.checkpoint_config import (check_layers_num, checkpoint_layers, find_config,
                                                        infer_config)
 from tencentpretrain.convert.hf_bert import (ARCHITECTURES, config_from_hf, hf_to_tencentpretrain,
-                                             tencentpretrain_to_hf)
+                                             size_mismatches, tencentpretrain_to_hf)
 from tencentpretrain.errors import UserError
 from tencentpretrain.model_io import load_state_dict_file, save_state_dict
 from tencentpretrain.utils.io import atomic_write, write_json
@@ -42,8 +42,13 @@ def read_hf_weights(path):
     for name in INDEX_FILES:
         index = os.path.join(path, name)
         if os.path.isfile(index):
+            weight_map = _read_json(index)
+            weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise UserError(f"{index}: expected a sharded-weights index, a JSON object whose 'weight_map' maps "
+                                "each tensor name to its shard file")
             sd = {}
-            for shard in sorted(set(_read_json(index)["weight_map"].values())):
+            for shard in sorted(set(weight_map.values())):
                 sd.update(load_state_dict_file(os.path.join(path, shard)))
             return sd, path
     raise UserError(f"{path}: no {' or '.join(WEIGHT_FILES)} (or a sharded index) in this folder")
@@ -85,7 +90,12 @@ def convert_hf_to_tencentpretrain(input_path, output_model_path, output_config_p
     hf_config_path = hf_config_path or os.path.join(folder, "config.json")
     config = None
     if os.path.isfile(hf_config_path):
-        config = config_from_hf(_read_json(hf_config_path), report, layernorm, where=hf_config_path)
+        hf_cfg = _read_json(hf_config_path)
+        config = config_from_hf(hf_cfg, report, layernorm, where=hf_config_path)
+        wrong = size_mismatches(hf_cfg, sd)
+        if wrong:
+            raise UserError(f"{hf_config_path} does not match the weights of {input_path}: {'; '.join(wrong)}. "
+                            "Nothing written; pass --hf_config_path with the model's own config.json")
         output_config_path = output_config_path or os.path.splitext(output_model_path)[0] + "_config.json"
         load_model_config(None, config)  # validate before writing anything
     elif output_config_path:
@@ -138,10 +148,18 @@ def convert_tencentpretrain_to_hf(input_model_path, config_path, output_path, ar
     unless `strict_layernorm` refuses it. `layers_num`/`tp_type` are TencentPretrain's --layers_num
     and --type (bert: BertForPreTraining, mlm: BertForMaskedLM), checked against the checkpoint.
     """
+    single = output_path.endswith((".bin", ".safetensors"))
+    if not single and os.path.exists(output_path) and not os.path.isdir(output_path):
+        raise UserError(f"--output_model_path {output_path} is a file; give a folder for the Hugging Face model "
+                        "(or a path ending in .bin/.safetensors for the weights alone)")
+    if vocab_path and not os.path.isfile(vocab_path):
+        raise UserError(f"--vocab_path {vocab_path} does not exist; give the vocabulary to copy into the folder")
     sd = load_state_dict_file(input_model_path)
     cfg, cfg_where = _export_config(config_path, input_model_path, sd, log)
-    if cfg.vocab_size is None:
-        cfg.vocab_size = sd["embedding.word.embedding.weight"].shape[0]
+    for name, size in table_sizes(sd).items():  # set at run time (vocabulary, --max_seq_length), as in training
+        if getattr(cfg, name) not in (None, size):
+            log(f"note: {name} {size} from the weights ({cfg_where} says {getattr(cfg, name)})")
+        setattr(cfg, name, size)
     check_layers_num(layers_num, checkpoint_layers(sd), input_model_path, cfg.layers_num, cfg_where)
     if tp_type is not None:
         architecture = TYPE_ARCHITECTURES[tp_type]
@@ -151,11 +169,15 @@ def convert_tencentpretrain_to_hf(input_model_path, config_path, output_path, ar
                             f"heads, but {input_model_path} has no {' and no '.join(f'target.{h}.*' for h in missing)}"
                             + ("; use --type mlm" if tp_type == "bert" and "mlm" not in missing else ""))
     hf_sd, hf_cfg, notes = tencentpretrain_to_hf(sd, cfg, architecture, strict_layernorm, where=input_model_path)
+    wrong = size_mismatches(hf_cfg, hf_sd, our_names=True)
+    if wrong:
+        raise UserError(f"{cfg_where} does not match the weights of {input_model_path}: {'; '.join(wrong)}. "
+                        "Nothing written (config.json would contradict its weights); pass the --config_path the "
+                        "model was trained with (for a WID student: the one merge_compactors.py wrote beside it)")
     for note in notes:
         log(note if note.startswith("warning:") else f"note: {note}")
     if cfg.layernorm == "normal":
         log(layernorm_deviation.measure(sd, cfg).describe())
-    single = output_path.endswith((".bin", ".safetensors"))
     if single:
         weights = output_path
     else:

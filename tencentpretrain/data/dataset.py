@@ -1,11 +1,14 @@
 """The on-disk dataset: one memory-mappable file, no pickle.
 
-Layout (little-endian):
+Layout (little-endian), format version 2:
 
-    bytes 0-7    magic  b"TPDSET\\x00\\x01"
-    bytes 8-15   uint64 length of the JSON header
-    JSON header  (utf-8; `DatasetHeader` fields, including `arrays`: name -> dtype, offset, length)
-    arrays       each starting at a 64-byte aligned offset:
+    bytes 0-7    magic  b"TPDSET\\x00\\x02" (the last byte is the format version)
+    bytes 8-15   uint64 length n of the JSON header
+    JSON header  n bytes (utf-8; `DatasetHeader` fields, including `arrays`: name -> dtype, offset,
+                 length and the sha256 of the array's bytes: all of them, the first and the last
+                 `checksum_block` bytes)
+    32 bytes     sha256 of bytes [0, 16 + n): the magic, the length and the header
+    arrays       each starting at a 64-byte aligned offset, in the order of `array_dtypes`:
       tokens          [T]    uint16 (int32 if vocab_size > 65536): every instance's ids, concatenated
                              (static masking: the masked ids)
       offsets         [N+1]  int64: instance i is tokens[offsets[i]:offsets[i+1]]
@@ -21,8 +24,15 @@ Layout (little-endian):
 Which arrays a file holds follows from its header: the declaration of the processor that wrote it
 (processors/base.py) and whether masks are static. Writers (one per preprocessing worker) append
 instances to raw shard files in chunks, so memory stays bounded; `assemble` then concatenates the
-shards in order behind the header, atomically.
+shards in order behind the header, atomically, hashing the arrays as it writes them.
+
+Checks when a file is opened (`read_header`, `Dataset`): the header's checksum, the file size, the
+arrays' offsets and sizes (each must start where the previous one ends, aligned), and the checksums
+of the first and last block of each array: a changed header digit or a damaged end of an array is
+refused before any training. `verify(path, full=True)` (pretrain.py --verify_dataset) hashes every
+byte. Version 1 files (no checksums, no max_token_id) are still read, with the layout checks only.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -35,11 +45,16 @@ from tencentpretrain.errors import UserError
 from tencentpretrain.registry import PROCESSORS
 from tencentpretrain.utils.io import atomic_write
 
-MAGIC = b"TPDSET\x00\x01"
-FORMAT_VERSION = 1
+MAGIC = b"TPDSET\x00\x02"
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)      # version 1: no checksums, no max_token_id
 ALIGN = 64
+DIGEST_BYTES = 32           # the header's sha256, right after it (version 2)
+CHECKSUM_BLOCK = 1 << 20    # the first and last this many bytes of each array are checked at every open
 # Arrays whose per-instance lengths the shards store and the final file turns into offsets.
 _COUNTED = {"offsets": "tokens", "mlm_offsets": "mlm_targets"}
+_TOKEN_ARRAYS = ("tokens", "mlm_targets")  # arrays of token ids (max_token_id)
+_CHECKSUMS = ("sha256", "sha256_head", "sha256_tail")  # per array: all its bytes, its first and last block
 
 
 @dataclass
@@ -65,6 +80,8 @@ class DatasetHeader:
     corpus: dict = field(default_factory=dict)   # path, bytes, lines
     block_bytes: int = 0
     file_bytes: int = 0        # size of the whole file: a shorter one is truncated
+    max_token_id: int | None = None  # largest id in tokens and mlm_targets (None: a version 1 file)
+    checksum_block: int = CHECKSUM_BLOCK
     arrays: dict = field(default_factory=dict)
     magic: str = MAGIC.hex()
     version: int = FORMAT_VERSION
@@ -109,9 +126,10 @@ def array_dtypes(header):
 
 
 class ShardWriter:
-    """Appends instances to raw per-array files `<prefix>.<name>`, flushing every `chunk_tokens`."""
+    """Appends instances to raw per-array files `<prefix>.<name>`, flushing every `chunk_tokens`;
+    instances wait in their file dtype (a few bytes per token)."""
 
-    def __init__(self, prefix, header, chunk_tokens=1 << 20):
+    def __init__(self, prefix, header, chunk_tokens=1 << 18):
         self.prefix, self.chunk_tokens = prefix, chunk_tokens
         self.dtypes = array_dtypes(header)
         self.instance_arrays = list(processor_of(header).instance_arrays)
@@ -126,14 +144,14 @@ class ShardWriter:
 
     def add(self, tokens, mlm_positions=None, mlm_targets=None, **values):
         """One instance: its tokens, its masks (static masking) and a value for each instance array."""
-        b = self.buffers
-        b["tokens"].append(tokens)
+        b, dt = self.buffers, self.dtypes
+        b["tokens"].append(np.asarray(tokens, dtype=dt["tokens"]))
         b["offsets"].append(len(tokens))
         for name in self.instance_arrays:
             b[name].append(values[name])
         if "mlm_offsets" in b:
-            b["mlm_positions"].append(mlm_positions)
-            b["mlm_targets"].append(mlm_targets)
+            b["mlm_positions"].append(np.asarray(mlm_positions, dtype=dt["mlm_positions"]))
+            b["mlm_targets"].append(np.asarray(mlm_targets, dtype=dt["mlm_targets"]))
             b["mlm_offsets"].append(len(mlm_positions))
         self.instances += 1
         self.tokens += len(tokens)
@@ -146,7 +164,7 @@ class ShardWriter:
             if not items:
                 continue
             if name in ("tokens", "mlm_positions", "mlm_targets"):
-                arr = np.concatenate([np.asarray(x, dtype=self.dtypes[name]) for x in items])
+                arr = np.concatenate(items)
             else:
                 arr = np.asarray(items, dtype=self.dtypes[name])
             arr.tofile(self.files[name])
@@ -164,6 +182,7 @@ def assemble(path, header, shard_prefixes, extra_arrays=None):
     """Write the final dataset file: header, then each array concatenated over the shards in order.
 
     `extra_arrays`: small arrays held in memory (e.g. is_continuation). Atomic: tmp file + rename.
+    Sets the header's counts, max_token_id, array layout and checksums.
     """
     dtypes = array_dtypes(header)
     extra_arrays = extra_arrays or {}
@@ -179,47 +198,100 @@ def assemble(path, header, shard_prefixes, extra_arrays=None):
         dtypes[name], lengths[name] = str(arr.dtype), arr.size
     header.instances_num = lengths["offsets"] - 1
     header.tokens_num = lengths["tokens"]
+    header.max_token_id = max(_max_value([f"{p}.{name}" for p in shard_prefixes], dtypes[name])
+                              for name in _TOKEN_ARRAYS if name in dtypes)
+    header.version, header.magic, header.checksum_block = FORMAT_VERSION, MAGIC.hex(), CHECKSUM_BLOCK
+    _lay_out(header, dtypes, lengths)
 
-    # The header lists the arrays' offsets, which depend on the header's length: grow until it fits.
+    with atomic_write(path, "wb") as f:
+        f.write(b"\0" * min(spec["offset"] for spec in header.arrays.values()))  # the header goes here last
+        for name in dtypes:  # file order
+            spec = header.arrays[name]
+            f.write(b"\0" * (spec["offset"] - f.tell()))
+            out = _HashingWriter(f, spec["length"] * np.dtype(spec["dtype"]).itemsize, CHECKSUM_BLOCK)
+            if name in extra_arrays:
+                out.write(np.ascontiguousarray(extra_arrays[name]).tobytes())
+            elif name in _COUNTED:
+                _write_offsets(out, [f"{p}.{name}" for p in shard_prefixes])
+            else:
+                for p in shard_prefixes:
+                    with open(f"{p}.{name}", "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 22)
+            spec.update(out.checksums())
+        f.write(b"\0" * (header.file_bytes - f.tell()))
+        f.seek(0)
+        f.write(header_bytes(header.to_json()))  # as long as the placeholder: same-width digests
+    return header
+
+
+def header_bytes(blob):
+    """What precedes the arrays' padding: magic, length, the JSON header `blob` and its checksum."""
+    start = MAGIC + struct.pack("<Q", len(blob)) + blob
+    return start + hashlib.sha256(start).digest()
+
+
+def _lay_out(header, dtypes, lengths):
+    """Each array's offset, in file order, after the header; placeholder checksums of the final width.
+    The offsets depend on the header's length, which depends on them: grow until it fits."""
     base = 0
     while True:
         pos = base
         header.arrays = {}
         for name in dtypes:
-            header.arrays[name] = {"dtype": dtypes[name], "offset": pos, "length": lengths[name]}
+            header.arrays[name] = {"dtype": dtypes[name], "offset": pos, "length": lengths[name],
+                                   **{key: "0" * 64 for key in _CHECKSUMS}}
             pos = _align(pos + lengths[name] * np.dtype(dtypes[name]).itemsize)
         header.file_bytes = pos
-        blob = header.to_json()
-        if _align(16 + len(blob)) <= base:
-            break
-        base = _align(16 + len(blob))
+        end = len(header_bytes(header.to_json()))
+        if _align(end) <= base:
+            return
+        base = _align(end)
 
-    with atomic_write(path, "wb") as f:
-        f.write(MAGIC + struct.pack("<Q", len(blob)) + blob)
-        for name, spec in header.arrays.items():
-            f.write(b"\0" * (spec["offset"] - f.tell()))
-            if name in extra_arrays:
-                f.write(np.ascontiguousarray(extra_arrays[name]).tobytes())
-            elif name in _COUNTED:
-                _write_offsets(f, [f"{p}.{name}" for p in shard_prefixes])
-            else:
-                for p in shard_prefixes:
-                    with open(f"{p}.{name}", "rb") as src:
-                        shutil.copyfileobj(src, f, 1 << 22)
-        f.write(b"\0" * (header.file_bytes - f.tell()))
-    return header
+
+class _HashingWriter:
+    """Writes one array's `nbytes` bytes to `f`, hashing all of them and the first and last `block`."""
+
+    def __init__(self, f, nbytes, block):
+        self.f, self.nbytes, self.block, self.done = f, nbytes, block, 0
+        self.tail_start = max(0, nbytes - block)
+        self.hashes = {key: hashlib.sha256() for key in _CHECKSUMS}
+
+    def write(self, data):
+        data = memoryview(data).cast("B")
+        self.f.write(data)
+        start, self.done = self.done, self.done + len(data)
+        self.hashes["sha256"].update(data)
+        if start < self.block:
+            self.hashes["sha256_head"].update(data[:self.block - start])
+        if self.done > self.tail_start:
+            self.hashes["sha256_tail"].update(data[max(0, self.tail_start - start):])
+
+    def checksums(self):
+        assert self.done == self.nbytes, (self.done, self.nbytes)
+        return {key: h.hexdigest() for key, h in self.hashes.items()}
 
 
 def _write_offsets(f, length_files, chunk=1 << 22):
     """Turn per-instance int32 lengths into int64 offsets [0, l0, l0+l1, ...], chunk by chunk."""
     total = 0
-    np.zeros(1, dtype=np.int64).tofile(f)
+    f.write(np.zeros(1, dtype=np.int64).tobytes())
     for name in length_files:
         lengths = np.memmap(name, dtype=np.int32, mode="r") if os.path.getsize(name) else []
         for start in range(0, len(lengths), chunk):
             offs = np.cumsum(lengths[start:start + chunk], dtype=np.int64) + total
-            offs.tofile(f)
+            f.write(offs.tobytes())
             total = int(offs[-1])
+
+
+def _max_value(arrays, dtype, chunk=1 << 24):
+    """The largest value in these arrays (file names or arrays), -1 if all are empty; chunked."""
+    best = -1
+    for a in arrays:
+        if isinstance(a, str):
+            a = np.memmap(a, dtype=dtype, mode="r") if os.path.getsize(a) else np.zeros(0, dtype)
+        for start in range(0, a.size, chunk):
+            best = max(best, int(a[start:start + chunk].max()))
+    return best
 
 
 def _align(n):
@@ -227,32 +299,107 @@ def _align(n):
 
 
 def read_header(path):
-    """Parse and validate a dataset file's header (magic, version, size); UserError if it is not one."""
+    """Parse and check a dataset file's header: magic, version, the header's checksum (version 2),
+    file size and the arrays' layout. UserError if it is not a dataset or is damaged."""
     if not os.path.isfile(path):
         raise UserError(f"dataset not found: {path}; create it with preprocess.py --dataset_path {path}")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         start = f.read(16)
-        if len(start) < 16 or start[:8] != MAGIC:
+        if len(start) < 16 or start[:7] != MAGIC[:7] or start[7] not in READ_VERSIONS:
             raise UserError(f"{path} is not a dataset written by this toolkit's preprocess.py (bad magic "
                             "bytes); re-run preprocess.py, or convert a TencentPretrain dataset.pt with "
                             "scripts/convert_dataset_from_tencentpretrain.py (it is never unpickled as is)")
         (n,) = struct.unpack("<Q", start[8:])
         if n > size - 16:
             raise UserError(f"{path}: truncated dataset file (header runs past the end); re-run preprocess.py")
-        try:
-            d = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{path}: corrupt dataset header ({err}); re-run preprocess.py") from None
-    if d.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path}: dataset format version {d.get('version')} but this toolkit reads version "
-                        f"{FORMAT_VERSION}; re-run preprocess.py")
+        blob = f.read(n)
+        digest = f.read(DIGEST_BYTES)
+    try:
+        d = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: corrupt dataset header ({err}); re-run preprocess.py") from None
+    version = d.get("version") if isinstance(d, dict) else None
+    if version not in READ_VERSIONS:
+        raise UserError(f"{path}: dataset format version {version} but this toolkit reads versions "
+                        f"{', '.join(map(str, READ_VERSIONS))}; re-run preprocess.py")
+    if version != start[7] or (version >= 2 and digest != hashlib.sha256(start + blob).digest()):
+        raise UserError(f"{path}: the dataset header (bytes 0-{16 + n}) does not match its checksum: it was "
+                        "changed or damaged after preprocess.py wrote it, and its array offsets cannot be "
+                        "trusted; re-run preprocess.py (or restore an intact copy)")
     header = DatasetHeader.from_dict(d, path)
-    expected = header.file_bytes
-    if expected != size:
-        raise UserError(f"{path}: truncated or damaged dataset file ({size} bytes, header says {expected}); "
-                        "re-run preprocess.py")
+    if header.file_bytes != size:
+        raise UserError(f"{path}: truncated or damaged dataset file ({size} bytes, header says "
+                        f"{header.file_bytes}); re-run preprocess.py")
+    _check_layout(header, 16 + n + (DIGEST_BYTES if version >= 2 else 0), path)
     return header
+
+
+def _check_layout(header, header_end, path):
+    """The arrays must lie one after the other from the header's end, each at the next aligned offset,
+    and fill the file: a changed offset, length or dtype in a header without checksum shows here."""
+    pos = _align(header_end)
+    try:
+        for name, spec in sorted(header.arrays.items(), key=lambda item: item[1]["offset"]):
+            itemsize = np.dtype(spec["dtype"]).itemsize
+            if spec["offset"] != pos or spec["length"] < 0:
+                raise ValueError(f"array '{name}' at byte {spec['offset']}, {spec['length']} elements, where "
+                                 f"the arrays before it put it at byte {pos}")
+            pos = _align(pos + spec["length"] * itemsize)
+        if pos != header.file_bytes:
+            raise ValueError(f"the arrays end at byte {pos}, the file at {header.file_bytes}")
+        counts = (header.arrays["offsets"]["length"] - 1, header.arrays["tokens"]["length"])
+        if counts != (header.instances_num, header.tokens_num):
+            raise ValueError(f"{header.instances_num} instances and {header.tokens_num} tokens in the header, "
+                             f"{counts[0]} and {counts[1]} in the arrays")
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: damaged dataset header: {err}; re-run preprocess.py") from None
+
+
+def verify(path, header=None, full=False):
+    """Check a dataset's arrays against the checksums in its header: the first and last
+    `checksum_block` bytes of each (cheap: every open does it) or, with `full`, every byte (reads the
+    whole file). UserError naming the array on a mismatch. False for a version 1 file: it has no
+    checksums to check."""
+    header = header or read_header(path)
+    if header.version < 2:
+        return False
+    with open(path, "rb") as f:
+        for name, spec in header.arrays.items():
+            nbytes = spec["length"] * np.dtype(spec["dtype"]).itemsize
+            block = min(header.checksum_block, nbytes)
+            parts = [("sha256", 0, nbytes)] if full else [("sha256_head", 0, block),
+                                                            ("sha256_tail", nbytes - block, nbytes)]
+            for key, start, end in parts:
+                if _sha256(f, spec["offset"] + start, end - start) != spec.get(key):
+                    raise UserError(
+                        f"{path}: array '{name}' (bytes {spec['offset'] + start}-{spec['offset'] + end} of the "
+                        f"file) does not match its checksum: the file was damaged after preprocess.py wrote "
+                        f"it; re-run preprocess.py (or restore an intact copy)")
+    return True
+
+
+def _sha256(f, offset, nbytes, chunk=1 << 22):
+    f.seek(offset)
+    h = hashlib.sha256()
+    while nbytes > 0:
+        data = f.read(min(chunk, nbytes))
+        if not data:
+            break
+        h.update(data)
+        nbytes -= len(data)
+    return h.hexdigest()
+
+
+def check_token_ids(dataset, vocab_size):
+    """UserError if a token id of `dataset` (a Dataset) is not below the model's `vocab_size`. Uses the
+    header's max_token_id; a version 1 file is scanned (vectorised, memory-mapped)."""
+    top = dataset.max_token_id()
+    if top >= vocab_size:
+        raise UserError(f"{dataset.path} holds token id {top}, but the model's vocabulary has {vocab_size} ids "
+                        f"(0-{vocab_size - 1}): the dataset was made with another vocabulary than its header "
+                        "says, or is damaged; re-run preprocess.py with the model's vocabulary "
+                        "(--vocab_path / --spm_model_path)")
 
 
 def check_compatible(header, vocab_size=None, seq_length=None, processor=None, path="dataset"):
@@ -276,6 +423,7 @@ class Dataset:
     def __init__(self, path):
         self.path = path
         self.header = read_header(path)
+        verify(path, self.header)  # the ends of every array
         self.processor = processor_of(self.header, path)  # its declaration: what an instance holds
         mm = np.memmap(path, dtype=np.uint8, mode="r")
         self.arrays = {}
@@ -294,6 +442,13 @@ class Dataset:
 
     def __len__(self):
         return self.header.instances_num
+
+    def max_token_id(self):
+        """The largest token id (in tokens and mlm_targets): from the header, or computed for a
+        version 1 file."""
+        if self.header.max_token_id is not None:
+            return self.header.max_token_id
+        return max(_max_value([self.arrays[name]], None) for name in _TOKEN_ARRAYS if name in self.arrays)
 
     def __getitem__(self, i):
         a = self.arrays

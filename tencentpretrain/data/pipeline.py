@@ -10,8 +10,10 @@ writes:
     (or of the block, for the packing processors), never from a stream shared across documents;
   - packing across lines (mlm --full_sentences, lm) restarts at each block, so a worker needs no state
     from the blocks before its own.
-Memory: one block's documents (bert) or one line plus one pending instance (others), and one shard
-chunk of instances.
+Memory: one block's documents (bert; at most about 8 MiB of them, see processors/bert.py) or one
+piece of a line (at most 1 MiB, see corpus.py) plus one pending instance (others), and one shard chunk
+of instances: a bound that does not grow with the corpus or its longest line. Time is linear in the
+corpus (token buffers are cut by index, processors/base.py).
 
 Workers are plain processes that get everything they need as arguments (their job, the shared progress
 counters, the queue for their result), so nothing lives in module globals.
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tencentpretrain.data.corpus import Corpus
+from tencentpretrain.data.corpus import PIECE_BYTES, Corpus
 from tencentpretrain.data.dataset import DatasetHeader, ShardWriter, assemble, position_dtype, token_dtype
 from tencentpretrain.data.masking import MaskSpec, continuation_table
 from tencentpretrain.errors import UserError
@@ -59,6 +61,7 @@ class PreprocessOptions:
     seed: int = 7
     processes_num: int = 1
     block_bytes: int = 1 << 17   # unit of work and of packing restarts; fixed so N procs == 1 proc
+    piece_bytes: int = PIECE_BYTES  # longer lines are read in pieces (corpus.py); smaller in tests
 
 
 def preprocess(opts, log=sys.stderr):
@@ -67,7 +70,7 @@ def preprocess(opts, log=sys.stderr):
     t0 = time.time()
     processor = _validate(opts)
     tokenizer = build_tokenizer_for(opts)
-    corpus = Corpus(opts.corpus_path)
+    corpus = Corpus(opts.corpus_path, opts.piece_bytes)
     header = _make_header(opts, processor, tokenizer, corpus)
     starts = corpus.block_starts(opts.block_bytes, processor.by_document)
     groups = _split(list(zip(starts, starts[1:] + [corpus.size])), opts.processes_num, corpus.size)
@@ -187,7 +190,7 @@ def _work(job, progress):
     `progress(lines, bytes)` is called with increments as the blocks are read."""
     opts, header, blocks, prefix = job
     tok = build_tokenizer_for(opts)
-    corpus = Corpus(opts.corpus_path)
+    corpus = Corpus(opts.corpus_path, opts.piece_bytes)
     processor = PROCESSORS.get(opts.data_processor)(opts, tok, corpus, mask_spec_for(tok, opts.whole_word_masking))
     writer = ShardWriter(prefix, header)
     lines = 0
@@ -206,13 +209,14 @@ class _LineCounter:
     def __init__(self, progress):
         self.progress, self.lines, self.reported = progress, 0, 0
 
-    def count(self, lines):
-        for line in lines:
-            self.lines += 1
-            if self.lines - self.reported >= 1000:
-                self.progress(self.lines - self.reported, 0)
-                self.reported = self.lines
-            yield line
+    def count(self, pieces):
+        for piece in pieces:
+            if piece.line_end:
+                self.lines += 1
+                if self.lines - self.reported >= 1000:
+                    self.progress(self.lines - self.reported, 0)
+                    self.reported = self.lines
+            yield piece
 
     def finish(self, nbytes):
         self.progress(self.lines - self.reported, nbytes)

@@ -9,7 +9,8 @@ import torch
 from tencentpretrain.config import load_model_config
 from tencentpretrain.model_builder import init_weights
 from tencentpretrain.resources import repo_root, resolve
-from tencentpretrain.tasks.classification import SequenceTask
+from tencentpretrain.tasks.classification import ClassificationTask, SequenceTask
+from tencentpretrain.tasks.cli import finetune
 from tencentpretrain.tasks.engine import RunConfig, pick_device
 from tencentpretrain.tasks.heads import Classifier
 from tencentpretrain.training.optim import build_optimizer, build_param_groups
@@ -83,7 +84,6 @@ def main(argv=None):
 
 
 def sentiment_accuracy(weights, args, device):
-    from tencentpretrain.tasks.cli import _sequence_main
     data = os.path.join(repo_root(), "datasets", "sentiment")
     argv = ["--config_path", args.config_path or "models/bert/mini_config.json",
             "--train_path", f"{data}/train.tsv", "--dev_path", f"{data}/dev.tsv", "--test_path", f"{data}/test.tsv",
@@ -93,5 +93,5 @@ def sentiment_accuracy(weights, args, device):
     argv += ["--pretrained_model_path", weights] if weights else []
     argv += ["--vocab_path", args.vocab_path] if args.vocab_path else []
     argv += ["--bf16"] if args.bf16 else []
-    result = _sequence_main(argv, regression=False)
+    result = finetune(ClassificationTask, argv)
     return {"test": result["test"]["acc"], "dev": result["best"]["acc"]}

@@ -17,7 +17,8 @@ from tencentpretrain.tasks.base import Task, register_task
 from tencentpretrain.tasks.cli import config_beside, finetune_main, infer_main
 from tencentpretrain.tasks.engine import format_metrics, forward_all, pad
 from tencentpretrain.tasks.heads import POOLINGS, Classifier
-from tencentpretrain.tasks.readers import check_labels, infer_labels_num, read_tsv
+from tencentpretrain.tasks.readers import (check_labels, example_labels, infer_labels_num, label_warning,
+                                          read_tsv)
 from tencentpretrain.utils.io import atomic_write
 
 
@@ -27,8 +28,17 @@ def truncate_pair(a, b, max_tokens):
         (a if len(a) > len(b) else b).pop()
 
 
+def special_tokens(examples):
+    """[CLS] and [SEP] around a sentence, one [SEP] more when any example has a text_b."""
+    return 3 if any(ex.text_b is not None for ex in examples) else 2
+
+
 def encode(examples, tokenizer, seq_length, regression=False):
     """`[CLS] a [SEP] (b [SEP])` with segments 1/2, padded to the longest row; labels when present."""
+    specials = special_tokens(examples)
+    if seq_length <= specials:
+        raise UserError(f"--seq_length {seq_length} leaves no room for text after the {specials} special tokens "
+                        f"([CLS] and [SEP]{' twice' if specials == 3 else ''}); use at least {specials + 1}")
     srcs, segs = [], []
     for ex in examples:
         a = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(ex.text_a))
@@ -53,10 +63,23 @@ def encode(examples, tokenizer, seq_length, regression=False):
     return tensors
 
 
+def textless_warning(examples, tensors, path):
+    """A `warning: ...` line counting the examples encoded without a single text token, or None."""
+    lengths = (tensors["seg"] > 0).sum(1).tolist()
+    empty = [ex.line for ex, n in zip(examples, lengths) if n <= 2 + (ex.text_b is not None)]
+    if not empty:
+        return None
+    shown = ", ".join(str(n) for n in empty[:5]) + (", ..." if len(empty) > 5 else "")
+    return (f"warning: {path}: {len(empty)} of {len(examples)} examples (lines {shown}) have no text tokens (empty "
+            "or blank text); the model sees only [CLS] and [SEP] for them")
+
+
 class SentenceTask(Task):
     """A task on the Classifier head; subclasses say how labels are read, counted and scored."""
 
     labels_num = None
+
+    labels_of = staticmethod(example_labels)  # an example's labels as a list (multi-label: several)
 
     @classmethod
     def add_options(cls, parser, training):
@@ -82,7 +105,24 @@ class SentenceTask(Task):
         for path, examples in splits:
             self.check_labels(examples, labels_num, path)
         self.log(f"{labels_num} labels")
+        seen = {label for ex in train for label in self.labels_of(ex)}
+        unused = sorted(set(range(labels_num)) - seen)
+        if unused:
+            self.log(f"warning: {train_path}: no training example has label {', '.join(map(str, unused[:8]))} "
+                     f"(of 0..{labels_num - 1}); the model will not learn to predict it")
+        for path, examples in splits[1:]:
+            note = label_warning(examples, path, seen, f"labels never seen in training ({train_path})",
+                                 "the model will rarely if ever predict them", self.labels_of)
+            if note:
+                self.log(note)
         return labels_num
+
+    def warn_textless(self, examples, tensors, path):
+        """Print a warning when some examples were encoded without any text token; returns `tensors`."""
+        note = textless_warning(examples, tensors, path)
+        if note:
+            self.log(note)
+        return tensors
 
     def prepare(self, cfg, splits):
         self.labels_num = cfg.labels_num = self.count_labels(splits)
@@ -117,7 +157,14 @@ class SequenceTask(SentenceTask):
         return cls(metric=getattr(args, "metric", None)).bind(args, log)
 
     def read(self, path, labelled=True):
-        return read_tsv(path, "regression" if self.regression else "classification", require_label=labelled)
+        examples = read_tsv(path, "regression" if self.regression else "classification", require_label=labelled)
+        if not labelled and not self.regression and self.labels_num:  # inference: the head is known
+            note = label_warning(examples, path, range(self.labels_num),
+                                 f"labels the model cannot produce (its head has {self.labels_num})",
+                                 "they count as errors in the score against the file's labels")
+            if note:
+                self.log(note)
+        return examples
 
     def count_labels(self, splits):
         return 1 if self.regression else super().count_labels(splits)
@@ -129,7 +176,7 @@ class SequenceTask(SentenceTask):
         check_labels(examples, labels_num, path)
 
     def encode(self, examples, tokenizer, seq_length, path, training=False):
-        return encode(examples, tokenizer, seq_length, self.regression)
+        return self.warn_textless(examples, encode(examples, tokenizer, seq_length, self.regression), path)
 
     def loss(self, model, batch):
         logits = model(batch["src"], batch["seg"]).float()

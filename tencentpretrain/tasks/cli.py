@@ -100,6 +100,12 @@ def _log(msg):
 # ---------------------------------------------------------------- the two command lines
 def finetune_main(task, argv=None):
     """Fine-tune `task` (a registered name or a Task class): read, encode, train, keep the best on dev."""
+    finetune(task, argv)
+    return 0
+
+
+def finetune(task, argv=None):
+    """finetune_main's work; returns {"best_epoch", "best", "history"} (engine.fit) plus "test" metrics."""
     task, args, run = _setup(task, argv, training=True)
     seed_everything(run.seed)  # before the head is initialised: same --seed, same model
     tokenizer = _tokenizer(args)
@@ -111,12 +117,17 @@ def finetune_main(task, argv=None):
     train_data = task.encode(train, tokenizer, args.seq_length, args.train_path, training=True)
     dev_sets = [(_name(path), task.encode(examples, tokenizer, args.seq_length, path)) for path, examples in devs]
     model = build_task_model(cfg, task.build_model(cfg), pretrained_model_path=args.pretrained_model_path, log=_log)
-    _save_config_beside(cfg, args)
-    fit(model, task, task.tensors(train_data), dev_sets, run, args.output_model_path, log=_log)
+    config_path = _save_config_beside(cfg, args)
+    try:
+        result = fit(model, task, task.tensors(train_data), dev_sets, run, args.output_model_path, log=_log)
+    except UserError:  # e.g. a non-finite loss before any model was saved: leave no config without weights
+        if not os.path.exists(args.output_model_path):
+            os.remove(config_path)
+        raise
     if test is not None:
-        metrics = evaluate(model, task, task.encode(test, tokenizer, args.seq_length, args.test_path), run)
-        _log(f"test ({args.test_path}): {format_metrics(metrics)}")
-    return 0
+        result["test"] = evaluate(model, task, task.encode(test, tokenizer, args.seq_length, args.test_path), run)
+        _log(f"test ({args.test_path}): {format_metrics(result['test'])}")
+    return result
 
 
 def infer_main(task, argv=None):
@@ -153,13 +164,14 @@ def config_beside(model_path):
 
 
 def _save_config_beside(cfg, args):
-    """Record the config (pooling and labels_num included) so inference rebuilds the same model."""
+    """Record the config (pooling and labels_num included) so inference rebuilds the same model; returns its path."""
     path = config_beside(args.output_model_path)
     if args.config_path and os.path.abspath(path) == os.path.abspath(args.config_path):
         raise UserError(f"--output_model_path {args.output_model_path} would overwrite --config_path {path} with "
                         "the fine-tuned model's config; choose another --output_model_path")
     cfg.save(path)
     _log(f"model config written to {path}")
+    return path
 
 
 def _infer_config(args, tokenizer):

@@ -36,9 +36,19 @@ class RunConfig:
 
 
 def pick_device(name=None):
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """--device checked before anything is read: a torch device this machine has (default: cuda if any)."""
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device '{name}' is not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+            raise UserError(f"--device {name}: this machine has {have}; use --device cpu or another device")
+    return name
 
 
 def batches(tensors, batch_size, generator=None, device="cpu"):
@@ -101,8 +111,12 @@ def fit(model, task, train_tensors, dev_sets, run, output_model_path=None, log=p
         for batch in batches(train_tensors, run.batch_size, generator, run.device):
             with run.autocast():
                 loss = task.loss(model, batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise UserError(_non_finite(value, epoch, step + 1, run, output_model_path if best_state else None,
+                                            best_epoch))
             (loss / run.accumulation_steps).backward()
-            window_loss, window_n = window_loss + loss.item(), window_n + 1
+            window_loss, window_n = window_loss + value, window_n + 1
             window_examples += len(batch["src"])
             micro += 1
             if micro % run.accumulation_steps and micro < math.ceil(n / run.batch_size):
@@ -146,6 +160,15 @@ def fit(model, task, train_tensors, dev_sets, run, output_model_path=None, log=p
         + (f"; best dev {next(iter(best))} {next(iter(best.values())):.4f} at epoch {best_epoch}" if best else "")
         + (f"; model saved to {output_model_path}" if output_model_path else ""))
     return {"best_epoch": best_epoch, "best": best, "history": history}
+
+
+def _non_finite(value, epoch, step, run, saved_path, saved_epoch):
+    """The error of a nan/inf training loss: where it happened, what was kept, what to try."""
+    kept = (f"{saved_path} holds the best model so far (epoch {saved_epoch})" if saved_path else
+            "no model was saved")
+    return (f"the training loss became {value} at epoch {epoch}, step {step}; training stopped and {kept}. "
+            f"Lower --learning_rate (now {run.learning_rate:g})"
+            + (", drop --bf16" if run.bf16 else "") + ", or check the labels and the pre-trained weights")
 
 
 @torch.no_grad()

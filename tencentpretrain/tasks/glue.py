@@ -6,6 +6,7 @@ the mapping is written next to the converted files as labels.json.
 """
 import dataclasses
 import json
+import math
 import os
 
 from tencentpretrain.errors import UserError
@@ -55,6 +56,10 @@ def convert_file(task, in_path, out_path, skip_bad_rows=False):
     if task.headerless and task.text_a not in first:
         header, body, start = None, lines, 1
         n_cols, label_i, a_i, b_i = len(first), task.headerless[0], task.headerless[1], None
+        if n_cols <= max(label_i, a_i):
+            raise UserError(f"{in_path}, line 1: no '{task.text_a}' header, and {n_cols} fields are too few for "
+                            f"{task.name}'s header-less layout (label in column {label_i + 1}, text in column "
+                            f"{a_i + 1}); is this the right task?")
     else:
         header, body, start = first, lines[1:], 2
         cols = {c.strip(): i for i, c in enumerate(header)}
@@ -89,9 +94,12 @@ def convert_file(task, in_path, out_path, skip_bad_rows=False):
 def _label(task, value, path, line):
     if task.labels is None:
         try:
-            return repr(float(value))
+            score = float(value)
         except ValueError:
             raise UserError(f"{path}, line {line}: score '{value}' is not a number") from None
+        if not math.isfinite(score):
+            raise UserError(f"{path}, line {line}: score '{value}' is not a finite number; fix or drop the line")
+        return repr(score)
     if value not in task.labels:
         raise UserError(f"{path}, line {line}: unknown {task.name} label '{value}'; "
                         f"expected one of: {', '.join(task.labels)}")
@@ -100,6 +108,8 @@ def _label(task, value, path, line):
 
 def convert_task(task, in_dir, out_dir, skip_bad_rows=False, log=print):
     """Convert every official file of `task` found in in_dir; returns the names converted."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--output_dir {out_dir} is a file; give a folder (it is created when missing)")
     done = []
     for name in task.files:
         in_path = os.path.join(in_dir, name)

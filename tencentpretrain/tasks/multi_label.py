@@ -70,6 +70,10 @@ class MultiLabelTask(SentenceTask):
             self.check_labels(examples, self.labels_num, path)
         return examples
 
+    @staticmethod
+    def labels_of(ex):
+        return list(ex.label or ())
+
     def labels_in(self, examples, path):
         return 1 + max(ex.label[-1] for ex in examples)
 
@@ -77,7 +81,7 @@ class MultiLabelTask(SentenceTask):
         check_label_ids(examples, labels_num, path)
 
     def encode(self, examples, tokenizer, seq_length, path, training=False):
-        return encode(examples, tokenizer, seq_length, self.labels_num)
+        return self.warn_textless(examples, encode(examples, tokenizer, seq_length, self.labels_num), path)
 
     def loss(self, model, batch):
         return F.binary_cross_entropy_with_logits(model(batch["src"], batch["seg"]).float(), batch["label"])

@@ -23,7 +23,7 @@ from tencentpretrain.tasks import metrics as M
 from tencentpretrain.tasks.base import Task, register_task
 from tencentpretrain.tasks.cli import finetune_main, infer_main
 from tencentpretrain.tasks.engine import batches, pad
-from tencentpretrain.tasks.readers import read_label2id, read_ner_tsv
+from tencentpretrain.tasks.readers import label_warning, read_label2id, read_ner_tsv
 from tencentpretrain.utils.io import atomic_write
 
 IGNORE = -100  # target of padding and non-first pieces: no loss
@@ -106,6 +106,13 @@ class TaggingTask(Task):
 
     def prepare(self, cfg, splits):
         self.log(f"{len(self.label2id)} tags: {' '.join(self.id2label)}")
+        (train_path, train), *others = splits
+        seen = {tag for ex in train for tag in ex.labels}
+        for path, examples in others:
+            note = label_warning(examples, path, seen, f"tags never seen in training ({train_path})",
+                                 "the model will rarely if ever predict them", lambda ex: ex.labels or [])
+            if note:
+                self.log(note)
 
     def encode(self, examples, tokenizer, seq_length, path, training=False):
         data = encode(examples, tokenizer, seq_length, self.label2id)

@@ -6,6 +6,7 @@ score for regression; absent in unlabelled test files), `text_a`, optional `text
 Other columns are ignored.
 """
 import dataclasses
+import math
 import os
 
 from tencentpretrain.errors import UserError
@@ -60,13 +61,15 @@ def read_tsv(path, task="classification", require_label=True):
 def _parse_label(value, task, path, line):
     value = value.strip()
     try:
-        if task == "regression":
-            return float(value)
-        return int(value)
+        label = float(value) if task == "regression" else int(value)
     except ValueError:
         kind = "a number" if task == "regression" else "an integer class id (0, 1, ...)"
         raise UserError(f"{path}, line {line}: unknown label '{value}'; labels must be {kind}. "
                         "Convert GLUE label strings with scripts/glue_to_tsv.py") from None
+    if not math.isfinite(label):  # a nan or inf score trains (or scores) nothing but nan
+        raise UserError(f"{path}, line {line}: label '{value}' is not a finite number; regression scores "
+                        "must be finite: fix or drop the line")
+    return label
 
 
 def infer_labels_num(examples, path):
@@ -83,6 +86,29 @@ def check_labels(examples, labels_num, path):
         if ex.label is not None and not 0 <= ex.label < labels_num:
             raise UserError(f"{path}, line {ex.line}: label {ex.label} is out of range for {labels_num} "
                             f"labels (0..{labels_num - 1}); pass --labels_num or fix the file")
+
+
+def example_labels(ex):
+    """The labels of one example as a list: [label], or [] when unlabelled."""
+    return [] if ex.label is None else [ex.label]
+
+
+def label_warning(examples, path, allowed, why, effect, labels_of=example_labels):
+    """A `warning: ...` line counting the examples of `path` with a label not in `allowed`, or None.
+
+    For labels a model is scored on but (almost) never predicts: a dev class absent from the
+    training file, a test label outside a fine-tuned head. `why` and `effect` complete the line
+    ("labels never seen in training (train.tsv)", "... count as errors"); `labels_of` lists an
+    example's labels (its tags for NER).
+    """
+    bad = [(ex.line, label) for ex in examples for label in labels_of(ex) if label not in allowed]
+    if not bad:
+        return None
+    lines = sorted({line for line, _ in bad})
+    shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+    values = ", ".join(str(v) for v in sorted({label for _, label in bad}, key=str)[:8])
+    return (f"warning: {path}: {len(lines)} of {len(examples)} examples (lines {shown}) have {why}: "
+            f"{values}; {effect}")
 
 
 def read_tsv_rows(path, required=("text_a",), what="TSV file", example=None):

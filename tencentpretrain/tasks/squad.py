@@ -59,35 +59,71 @@ def load_squad_json(path):
         raise UserError(f"{path}, line {err.lineno} column {err.colno}: invalid JSON ({err.msg})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
         raise UserError(f"{path}: expected a SQuAD JSON object with a 'data' list of articles")
+    _check_structure(obj["data"], path)
     version_2 = str(obj.get("version", "")).lstrip("v").startswith("2") or any(
-        "is_impossible" in qa for art in obj["data"] for p in art.get("paragraphs", []) for qa in p.get("qas", []))
+        "is_impossible" in qa for art in obj["data"] for p in art["paragraphs"] for qa in p["qas"])
     return obj["data"], version_2
+
+
+def _expect(value, kind, where, what):
+    """`value` when it is of `kind` (a type or a tuple of types; never a bool), else a UserError."""
+    if not isinstance(value, kind) or isinstance(value, bool):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        names = " or ".join(_KIND_NAMES[k] for k in kinds)
+        raise UserError(f"{where}: {what} must be {names}, got {json.dumps(value)[:40]}")
+    return value
+
+
+_KIND_NAMES = {dict: "a JSON object", list: "a JSON list", str: "a string", int: "an integer"}
+
+
+def _check_structure(dataset, path):
+    """The shape the readers and the official scoring walk: articles > paragraphs > qas > answers."""
+    for a, article in enumerate(dataset):
+        _expect(article, dict, f"{path}: data[{a}]", "an article")
+        for p, paragraph in enumerate(_expect(article.get("paragraphs", []), list, f"{path}: data[{a}]",
+                                              "'paragraphs'")):
+            where = f"{path}: data[{a}].paragraphs[{p}]"
+            _expect(paragraph, dict, where, "a paragraph")
+            if "context" not in paragraph or "qas" not in paragraph:
+                raise UserError(f"{where} needs 'context' and 'qas'")
+            _expect(paragraph["context"], str, where, "'context'")
+            for q, qa in enumerate(_expect(paragraph["qas"], list, where, "'qas'")):
+                _expect(qa, dict, f"{where}.qas[{q}]", "a question")
+                for key in ("id", "question"):
+                    if key not in qa:
+                        raise UserError(f"{where}.qas[{q}] has no '{key}'")
+                _expect(qa["id"], (str, int), f"{where}.qas[{q}]", "'id'")
+                _expect(qa["question"], str, f"{where}.qas[{q}]", "'question'")
+                for n, answer in enumerate(_expect(qa.get("answers", []), list, f"{where}.qas[{q}]", "'answers'")):
+                    there = f"{where}.qas[{q}].answers[{n}]"
+                    if not isinstance(answer, dict) or "text" not in answer or "answer_start" not in answer:
+                        raise UserError(f"{there} (id {qa['id']}): an answer needs 'text' and 'answer_start'")
+                    _expect(answer["text"], str, there, "'text'")
+                    start = answer["answer_start"]
+                    if not (isinstance(start, str) and start.strip().isdigit()):  # "12" is read as 12
+                        _expect(start, int, there, "'answer_start'")
 
 
 def read_squad(path):
     """SquadExamples from a v1.1 or v2.0 file; returns (examples, dataset, version_2)."""
     dataset, version_2 = load_squad_json(path)
-    examples = []
+    examples, seen = [], {}  # seen: question id -> where it was first
     for a, article in enumerate(dataset):
-        for p, paragraph in enumerate(article.get("paragraphs") or []):
-            where = f"{path}: data[{a}].paragraphs[{p}]"
-            if "context" not in paragraph or "qas" not in paragraph:
-                raise UserError(f"{where} needs 'context' and 'qas'")
-            context = paragraph["context"]
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            where = f"data[{a}].paragraphs[{p}]"
             for q, qa in enumerate(paragraph["qas"]):
-                for key in ("id", "question"):
-                    if key not in qa:
-                        raise UserError(f"{where}.qas[{q}] has no '{key}'")
+                qid = str(qa["id"])
+                if qid in seen:  # the predictions JSON is keyed by id: one answer would overwrite the other
+                    raise UserError(f"{path}: {where}.qas[{q}]: question id '{qid}' is used twice (first at "
+                                    f"{seen[qid]}); question ids must be unique")
+                seen[qid] = f"{where}.qas[{q}]"
                 impossible = bool(qa.get("is_impossible", False))
-                answers = []
-                for answer in qa.get("answers", []):
-                    if "text" not in answer or "answer_start" not in answer:
-                        raise UserError(f"{where}.qas[{q}] (id {qa['id']}): an answer needs 'text' and 'answer_start'")
-                    answers.append((answer["text"], int(answer["answer_start"])))
+                answers = [(answer["text"], int(answer["answer_start"])) for answer in qa.get("answers", [])]
                 if not impossible and not answers:
-                    raise UserError(f"{where}.qas[{q}] (id {qa['id']}) has no answers and is not marked "
+                    raise UserError(f"{path}: {where}.qas[{q}] (id {qa['id']}) has no answers and is not marked "
                                     "'is_impossible': true")
-                examples.append(SquadExample(qa["id"], qa["question"], context, answers, impossible))
+                examples.append(SquadExample(qa["id"], qa["question"], paragraph["context"], answers, impossible))
     if not examples:
         raise UserError(f"SQuAD file '{path}' holds no questions")
     return examples, dataset, version_2
@@ -241,6 +277,12 @@ def encode_squad(squad, path, tokenizer, seq_length, doc_stride, max_query_lengt
         log(f"warning: {path}: {skipped} questions skipped (answer_start does not point at the answer text)")
     if not features:
         raise UserError(f"{path}: no usable questions")
+    no_context = sorted({f.example_index for f in features}
+                        - {f.example_index for f in features if f.token_spans})
+    if no_context:
+        ids = ", ".join(str(examples[i].qid) for i in no_context[:5]) + (", ..." if len(no_context) > 5 else "")
+        log(f"warning: {path}: {len(no_context)} of {len(examples)} questions have an empty context (ids {ids}); "
+            "no answer can be found in it")
     width = max(len(f.src) for f in features)
     tensors = {"src": pad([f.src for f in features], width, tokenizer.pad_id),
                "seg": pad([f.seg for f in features], width, 0)}

@@ -12,6 +12,10 @@ model file's SHA-256, so a pair torn between the two renames is detected on resu
 rewritten in place (a rename replaces a link, it does not write through it).
 The state file holds only tensors, numbers, strings, lists and dicts: `torch.load(weights_only=True)`
 reads it.
+
+Resuming the latest pair (`find_resumable`) skips a damaged newest pair (unreadable state, model hash
+mismatch) with a note and takes the newest intact one. Temporary files a killed save left behind
+(`*.partial*`, `stale_partials`) are removed when a run on the same output starts (training/outputs.py).
 """
 import glob
 import hashlib
@@ -43,6 +47,28 @@ def _partial(path):
     # Keep a `.safetensors` ending so model_io picks the same format for the temporary file.
     root, ext = (path[:-12], ".safetensors") if path.endswith(".safetensors") else (path, "")
     return f"{root}.partial{ext}"
+
+
+def _unpartial(name):
+    """The name `name` is a temporary of (the inverse of `_partial`, also after atomic_write's `.tmp`)."""
+    name = name[:-4] if name.endswith(".tmp") else name
+    if name.endswith(".partial"):
+        return name[:-8]
+    if name.endswith(".partial.safetensors"):
+        return name[:-20] + ".safetensors"
+    return None
+
+
+def stale_partials(output_model_path):
+    """Temporary files of this output's checkpoint pairs and final links (left by a process killed
+    while saving), sorted. Only call it while holding the output's lock (outputs.OutputLock): a
+    running writer's temporaries look the same."""
+    directory = os.path.dirname(os.path.abspath(output_model_path))
+    if not os.path.isdir(directory):
+        return []
+    ours = re.compile(re.escape(os.path.basename(output_model_path)) + r"(-\d+)?(\.state\.pt)?")
+    return sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                  if ".partial" in name and ours.fullmatch(_unpartial(name) or ""))
 
 
 def sha256_file(path):
@@ -120,10 +146,11 @@ def saved_step(model_path):
     return int(torch.load(state_path(model_path), map_location="cpu", weights_only=True, mmap=True)["step"])
 
 
-def find_latest(output_model_path):
-    """The most advanced pair among `<output_model_path>-<step>` and the final `<output_model_path>`
-    (only pairs whose state file exists), or None. At equal steps the `-<step>` name wins: the final
-    pair is normally a link to it, so the two are the same checkpoint, not a conflict."""
+def _candidates(output_model_path):
+    """Pairs among `<output_model_path>-<step>` and the final `<output_model_path>` whose state file
+    exists, most advanced first. At equal steps the `-<step>` name comes first: the final pair is
+    normally a link to it, so the two are the same checkpoint, not a conflict. A final pair whose
+    state cannot be read sorts last (its step is unknown)."""
     pattern = re.compile(re.escape(output_model_path) + r"-(\d+)$")
     candidates = []
     for path in glob.glob(glob.escape(output_model_path) + "-*"):
@@ -131,8 +158,41 @@ def find_latest(output_model_path):
         if m and os.path.isfile(state_path(path)):
             candidates.append((int(m.group(1)), 1, path))
     if os.path.isfile(output_model_path) and os.path.isfile(state_path(output_model_path)):
-        candidates.append((saved_step(output_model_path), 0, output_model_path))
-    return max(candidates)[2] if candidates else None
+        try:
+            step = saved_step(output_model_path)
+        except Exception:  # unreadable: find_resumable says why when it gets there
+            step = -1
+        candidates.append((step, 0, output_model_path))
+    return [path for *_, path in sorted(candidates, reverse=True)]
+
+
+def find_latest(output_model_path):
+    """The most advanced pair (see _candidates), or None. Does not check that it is intact."""
+    candidates = _candidates(output_model_path)
+    return candidates[0] if candidates else None
+
+
+def find_resumable(output_model_path, log=print):
+    """(path, training state) of the most advanced intact pair, or (None, None) when there is none.
+    A damaged pair (unreadable or foreign state file, model file changed after the state was written)
+    is skipped with a note through `log`, so a save torn by a crash costs one interval, not the run."""
+    skipped = []
+    for path in _candidates(output_model_path):
+        try:
+            state = load_training_state(path)
+        except UserError as err:
+            log(f"note: --resume skips {path}: {err}", flush=True)
+            skipped.append(path)
+            continue
+        if skipped:
+            log(f"note: --resume falls back to {path} (step {state['step']}), the newest intact checkpoint",
+                flush=True)
+        return path, state
+    if skipped:
+        raise UserError(f"--resume: no intact checkpoint of {output_model_path} (skipped {', '.join(skipped)}); "
+                        f"delete or move the damaged files to start from step 0, or use --pretrained_model_path "
+                        f"with a model file to keep its weights")
+    return None, None
 
 
 # ---- RNG state as plain values (torch.load(weights_only=True) refuses pickled objects) ----------

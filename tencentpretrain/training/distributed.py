@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tencentpretrain.errors import UserError
+from tencentpretrain.errors import UserError, describe_os_error
 
 
 @dataclass
@@ -46,6 +46,12 @@ def _default_backend(backend):
 
 def under_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def is_launcher():
+    """True in the process that owns the run's outputs (locks, cleans): the one started by the user,
+    or global rank 0 under torchrun (which starts every rank the same way)."""
+    return not under_torchrun() or os.environ["RANK"] == "0"
 
 
 def init_torchrun(backend=None):
@@ -104,11 +110,14 @@ def _spawned_main(proc_id, fn, gpu_ranks, world_size, master_ip, backend):
     try:
         fn(env)
         status = 0
-    except UserError as err:
+    except (UserError, OSError, RuntimeError) as err:
+        message = err if isinstance(err, UserError) else describe_os_error(err)  # as run_cli says it
+        if message is None:
+            raise
         # Errors that every rank hits together (a non-finite loss is all-reduced) are said once.
         if env.is_main or not getattr(err, "same_on_all_ranks", False):
             where = "" if env.is_main else f" (rank {env.rank})"
-            print(f"error{where}: {err}", file=sys.stderr, flush=True)
+            print(f"error{where}: {message}", file=sys.stderr, flush=True)
         status = 2
     finally:
         shutdown(env, clean=status == 0)

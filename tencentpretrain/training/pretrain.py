@@ -7,14 +7,22 @@
 
 Writes `<output_model_path>-<step>` (+ `.state.pt`) every --save_checkpoint_steps and at the last step,
 and `<output_model_path>` as a symbolic link to the last one (see training/checkpoint.py).
+Before training: the options and the output are checked (training/outputs.py: a writable file path,
+enough disk for a checkpoint pair), the output is locked (`<output_model_path>.lock`, one run at a time)
+and temporaries of a killed save are removed; a resume compares its options with the checkpoint's
+(training/resume_options.py) before anything is written.
 """
 import argparse
+import contextlib
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from tencentpretrain import features
 from tencentpretrain.config import config_path_beside, read_config_file
-from tencentpretrain.data.dataset import check_compatible, processor_of, read_header
+from tencentpretrain.data.dataset import Dataset, check_compatible, check_token_ids, processor_of, read_header, verify
 from tencentpretrain.data.loader import build_loader
 from tencentpretrain.data.tokenizers import build_tokenizer
 from tencentpretrain.errors import UserError
@@ -22,8 +30,9 @@ from tencentpretrain.model_builder import build_model
 from tencentpretrain.opts import _bool, log_opts, model_config_from_args, model_opts, parse_args, tokenizer_opts
 from tencentpretrain.registry import TARGETS
 from tencentpretrain.training import checkpoint as ckpt
-from tencentpretrain.training import distributed, plugins
-from tencentpretrain.training.optim import SCHEDULERS
+from tencentpretrain.training import distributed, outputs, plugins
+from tencentpretrain.training.optim import SCHEDULERS, check_rates
+from tencentpretrain.training.resume_options import dataset_fingerprint
 from tencentpretrain.training.trainer import TrainConfig, Trainer
 from tencentpretrain.utils.log import check_log_path, info, logging_to
 from tencentpretrain.utils.runtime import seed_everything
@@ -32,6 +41,9 @@ from tencentpretrain.utils.runtime import seed_everything
 def training_opts(parser):
     g = parser.add_argument_group("training")
     g.add_argument("--dataset_path", required=True, help="dataset written by preprocess.py")
+    g.add_argument("--verify_dataset", action="store_true",
+                   help="check every byte of the dataset against its checksums before training (reads the whole "
+                        "file); without it the header and the first and last MiB of each array are checked")
     g.add_argument("--pretrained_model_path", default=None, help="initial weights (e.g. a teacher)")
     g.add_argument("--output_model_path", required=True,
                    help="checkpoints go to <output_model_path>-<step>; this name is linked to the last one")
@@ -92,6 +104,7 @@ class PretrainJob:
     resume_latest: bool = False
     logging: tuple = (None, "INFO", "INFO")  # --log_path, --log_level, --log_file_level
     config_path: str = None
+    run_info: dict = field(default_factory=dict)  # what a resume compares beyond train_cfg (resume_options.py)
 
 
 def train_config_from_args(args):
@@ -100,6 +113,11 @@ def train_config_from_args(args):
     for name in ("total_steps", "save_checkpoint_steps", "report_steps", "accumulation_steps", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    check_rates(args.learning_rate, args.weight_decay)
+    if not 0.0 <= args.warmup <= 1.0:
+        raise UserError(f"--warmup {args.warmup}: a fraction of --total_steps between 0 and 1 (e.g. 0.1)")
+    if not 0.0 <= args.max_grad_norm < math.inf:
+        raise UserError(f"--max_grad_norm {args.max_grad_norm}: must be >= 0 (0 disables clipping)")
     return TrainConfig(
         total_steps=args.total_steps, accumulation_steps=args.accumulation_steps,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup=args.warmup,
@@ -109,11 +127,17 @@ def train_config_from_args(args):
         output_model_path=args.output_model_path, seed=args.seed, tensorboard_dir=args.tensorboard_dir)
 
 
-def check_dataset(dataset_path, model_cfg):
-    """The dataset must have been made for this model: vocabulary, length, processor and targets."""
+def check_dataset(dataset_path, model_cfg, verify_all=False):
+    """The dataset must be intact (its checksums; every byte with `verify_all`, --verify_dataset) and
+    made for this model: vocabulary (and every token id below its size), length, processor, targets."""
     if not os.path.isfile(dataset_path):
         raise UserError(f"--dataset_path {dataset_path}: file not found; make it with preprocess.py")
-    header = read_header(dataset_path)
+    header = read_header(dataset_path)  # its checksum, size and array layout
+    if not verify(dataset_path, header, full=verify_all):
+        info(f"note: {dataset_path} is a format version {header.version} dataset: it has no checksums, so "
+             "damage to it cannot be detected; re-run preprocess.py to get them", flush=True)
+    elif verify_all:
+        info(f"--verify_dataset: every array of {dataset_path} matches its checksum", flush=True)
     check_compatible(header, model_cfg.vocab_size, model_cfg.max_seq_length, model_cfg.data_processor,
                      path=dataset_path)
     provided = processor_of(header, dataset_path).targets  # the batch targets its processor declares
@@ -123,6 +147,7 @@ def check_dataset(dataset_path, model_cfg):
         raise UserError(f"{dataset_path} ('{header.processor}' processor) has targets for "
                         f"{sorted(provided)} but the model config asks for {model_cfg.target}; set --target "
                         f"{' '.join(sorted(provided))} or re-run preprocess.py with another --data_processor")
+    check_token_ids(Dataset(dataset_path), model_cfg.vocab_size)
     return header
 
 
@@ -134,7 +159,7 @@ def prepare(argv=None):
     if model_cfg.vocab_size is None:
         model_cfg.vocab_size = build_tokenizer(args.tokenizer, args.vocab_path, args.spm_model_path,
                                                args.do_lower_case).vocab_size
-    check_dataset(args.dataset_path, model_cfg)
+    check_dataset(args.dataset_path, model_cfg, args.verify_dataset)
     if args.resume_from and args.resume:
         raise UserError("--resume and --resume_from exclude each other")
     if args.log_path:
@@ -145,9 +170,13 @@ def prepare(argv=None):
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
             raise UserError(f"--{flag} {path}: file not found")
+    outputs.check_output_path(args.output_model_path)
+    run_info = {"batch_size": args.batch_size, "dataset": dataset_fingerprint(args.dataset_path),
+                "model_config": model_cfg.to_dict(), "log_path": args.log_path, "log_level": args.log_level,
+                "log_file_level": args.log_file_level}
     job = PretrainJob(model_cfg, train_cfg, args.dataset_path, args.batch_size, args.pretrained_model_path,
                       args.resume_from, args.resume, (args.log_path, args.log_level, args.log_file_level),
-                      args.config_path)
+                      args.config_path, run_info)
     return job, args
 
 
@@ -163,19 +192,21 @@ def _train(env, job):
     model = build_model(job.model_cfg)
     callbacks, claims = plugins.build_plugins(model, job.model_cfg, job.train_cfg)
     loader = build_loader(job.dataset_path, job.batch_size, env.rank, env.world_size, job.train_cfg.seed)
-    resume_from = job.resume_from
-    if job.resume_latest:
-        resume_from = ckpt.find_latest(job.train_cfg.output_model_path)
+    resume_from, state = job.resume_from, None
+    if job.resume_latest:  # the newest intact pair (a damaged newer one is skipped with a note)
+        resume_from, state = ckpt.find_resumable(job.train_cfg.output_model_path,
+                                                 log=info if env.is_main else lambda *a, **k: None)
         if resume_from is None:
             info(f"--resume: no checkpoint {job.train_cfg.output_model_path}[-<step>] with a state file yet; "
                  f"starting from step 0", flush=True)
     if job.pretrained_model_path and not resume_from:  # a resume brings its own weights
         plugins.load_pretrained(model, job.model_cfg, job.pretrained_model_path)
+    trainer = Trainer(model, loader, job.train_cfg, env=env, callbacks=callbacks, claims=claims,
+                      run_info=job.run_info)
+    if resume_from:  # before anything is written: a refused resume leaves the output as it was
+        trainer.resume(resume_from, state)
     if env.is_main and job.train_cfg.output_model_path:
         _record_config(job.model_cfg, job.train_cfg.output_model_path, job.config_path)
-    trainer = Trainer(model, loader, job.train_cfg, env=env, callbacks=callbacks, claims=claims)
-    if resume_from:
-        trainer.resume(resume_from)
     return trainer.fit()
 
 
@@ -196,7 +227,24 @@ def _record_config(model_cfg, output_model_path, config_path=None):
 
 def main(argv=None):
     job, args = prepare(argv)
-    distributed.run(_Process(job), args.world_size, args.gpu_ranks, args.master_ip, args.backend)
+    out = job.train_cfg.output_model_path
+    owner = distributed.is_launcher()  # under DDP one process speaks for the run's outputs
+    with outputs.OutputLock(out) if owner else contextlib.nullcontext():
+        if owner:
+            outputs.remove_stale_partials(out)
+            _check_free_space(job)
+        distributed.run(_Process(job), args.world_size, args.gpu_ranks, args.master_ip, args.backend)
+
+
+def _check_free_space(job):
+    """outputs.check_free_space with the model's size, counted on the meta device (no memory, no init)."""
+    try:
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in build_model(job.model_cfg).parameters())
+    except Exception:  # a model that cannot be built on meta: the estimate is skipped, not the run
+        return
+    cfg = job.train_cfg
+    outputs.check_free_space(cfg.output_model_path, n_params, cfg.total_steps // cfg.save_checkpoint_steps + 1)
 
 
 class _Process:

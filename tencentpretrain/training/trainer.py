@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from tencentpretrain.errors import UserError
+from tencentpretrain.errors import UserError, describe_os_error
 from tencentpretrain.model_io import load_model_weights
 from tencentpretrain.training import checkpoint as ckpt
+from tencentpretrain.training import resume_options
 from tencentpretrain.training.distributed import DistEnv, all_gather_objects, all_reduce_sum
 from tencentpretrain.training.events import EventLog
 from tencentpretrain.training.optim import build_optimizer, build_param_groups, build_scheduler
@@ -60,9 +61,16 @@ class NonFiniteLossError(UserError):
     same_on_all_ranks = True  # the loss is all-reduced, so every rank stops at the same step
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, read-only or forbidden folder); the pair was not kept."""
+
+
 class Trainer:
-    def __init__(self, model, loader, cfg, env=None, callbacks=(), claims=(), log=info):
+    def __init__(self, model, loader, cfg, env=None, callbacks=(), claims=(), log=info, run_info=None):
+        """`run_info`: options beyond `cfg` that a resume must compare (pretrain.py: batch_size, dataset
+        fingerprint, model config, log settings; see resume_options.py), saved in every checkpoint."""
         self.cfg, self.env, self.loader = cfg, env or DistEnv(), loader
+        self.run_info = dict(run_info or {})
         env = self.env
         if cfg.precision not in PRECISIONS:
             raise UserError(f"precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -239,27 +247,46 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "ranks": ranks,
             "callbacks": {cb.key(): sd for cb in self.callbacks if (sd := cb.state_dict()) is not None},
             "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
+            "run": self.run_info,
         }
         start = time.perf_counter()
-        ckpt.save_checkpoint(model_path, self.model.state_dict(), state)
+        try:
+            ckpt.save_checkpoint(model_path, self.model.state_dict(), state)
+        except (OSError, RuntimeError) as err:
+            problem = describe_os_error(err, with_file=False)
+            if problem is None:
+                raise
+            raise CheckpointWriteError(
+                f"cannot write the checkpoint {model_path} at step {self.step}: {problem}. Nothing of it was kept; "
+                f"last good checkpoint: {self.last_checkpoint or 'none written in this run'}. Then re-run the "
+                f"command with --resume to continue from it.") from err
         self.last_checkpoint = model_path
         self.log(f"saved {model_path} and {ckpt.state_path(model_path)} "
                  f"({time.perf_counter() - start:.1f}s)", flush=True)
         self._call("on_save", self, model_path)
 
-    def resume(self, model_path):
-        """Restore model, optimizer, scheduler, scaler, step, RNG, data position and callback state."""
-        state = ckpt.load_training_state(model_path)
-        if state["world_size"] != self.env.world_size:
-            raise UserError(f"{model_path} was written by {state['world_size']} processes; resume it with "
-                            f"the same number (now {self.env.world_size}) so the data order and RNG match")
+    def resume(self, model_path, state=None):
+        """Restore model, optimizer, scheduler, scaler, step, RNG, data position and callback state.
+        `state`: the pair's training state when the caller already loaded and verified it.
+        Options that differ from the checkpoint's are refused or applied (resume_options.py)."""
+        state = state if state is not None else ckpt.load_training_state(model_path)
+        applied, notes = resume_options.check(state, model_path, self.cfg, self.run_info, self.env.world_size)
+        orphans = sorted(set(state["callbacks"]) - {cb.key() for cb in self.callbacks})
+        if orphans:  # e.g. a KD or WID run resumed without its config block: it would go on as plain training
+            raise UserError(f"{ckpt.state_path(model_path)} holds the training state of {', '.join(orphans)}, which "
+                            f"this run does not have; resume with the same model config (its {orphans[0]} block) "
+                            f"and flags, or start a new run with --pretrained_model_path {model_path}")
         load_model_weights(self.model, model_path)
+        configured = {g.get("name"): (g["initial_lr"], g["weight_decay"]) for g in self.optimizer.param_groups}
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:
             raise UserError(f"{ckpt.state_path(model_path)}: the optimizer state does not fit this run's "
                             f"parameter groups ({err}); resume with the same model config and plugins") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        planned_lr = self.lr()
+        if self._apply_group_settings(configured) or resume_options.reschedules(applied):
+            self._reschedule()
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         mine = state["ranks"][self.env.rank]
@@ -272,4 +299,30 @@ class Trainer:
         self.step = state["step"]
         self.last_checkpoint = model_path
         self.log(f"resumed from {model_path} at step {self.step}", flush=True)
+        for line in notes + [f"resume applies {c.line()}" for c in applied]:
+            self.log(line, flush=True)
+        if self.lr() != planned_lr:
+            self.log(f"resume: the learning rate of step {self.step + 1} is {self.lr():.3g} (the checkpoint's "
+                     f"schedule had {planned_lr:.3g})", flush=True)
         return state
+
+    def _apply_group_settings(self, configured):
+        """Give the restored parameter groups this run's lr and weight decay (a resume restores the
+        checkpoint's); True if a learning rate changed. `configured`: group name -> (lr, weight decay)."""
+        lr_changed = False
+        for i, group in enumerate(self.optimizer.param_groups):
+            if group.get("name") not in configured:
+                continue
+            lr, weight_decay = configured[group["name"]]
+            if group["initial_lr"] != lr:
+                group["initial_lr"] = self.scheduler.base_lrs[i] = lr
+                lr_changed = True
+            group["weight_decay"] = weight_decay
+        return lr_changed
+
+    def _reschedule(self):
+        """Set the coming step's lr from this run's schedule (total steps, warmup, base lrs)."""
+        s = self.scheduler
+        for group, base, factor in zip(self.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+            group["lr"] = base * factor(s.last_epoch)
+        s._last_lr = [group["lr"] for group in self.optimizer.param_groups]

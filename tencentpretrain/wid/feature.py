@@ -21,6 +21,15 @@ from tencentpretrain.wid.plugin import build_wid_plugin
 
 class WidFeature(Feature):
     name = "wid"
+    # Block keys a --resume may change (training/resume_options.py); a change of any other key is refused.
+    resume_may_change = {
+        "l2_lambda": "masked entries decay at the new rate from the next step on",
+        "compactor_learning_rate": "the compactors' schedule continues with the new peak learning rate",
+        "compactor_weight_decay": "used from the next step on",
+        "zero_below": "the new threshold for zeroing decayed entries applies from the next step on",
+        "mask_path": "later mask updates are logged to the new file",
+        "print_updates": "display only",
+    }
 
     def parse_block(self, value, where):
         return WidConfig.from_dict(value, where=where)

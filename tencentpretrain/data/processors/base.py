@@ -13,6 +13,10 @@ The work: `process_block(lines, start, end)` turns the lines of one block of the
 dicts of `ShardWriter.add`'s arguments (tokens, the instance arrays, and mlm_positions/mlm_targets
 under static masking). Every random draw comes from a Generator seeded by the byte offset of the
 document (or block), so the output does not depend on how blocks are spread over processes.
+
+`lines` yields corpus.Piece(start, end, text, line_end): a line longer than 1 MiB comes in several
+pieces, so that memory stays bounded; `encode_pieces` tokenizes them and says which line each belongs
+to, and `full_windows` cuts token streams in time linear in their length.
 """
 import numpy as np
 
@@ -60,6 +64,31 @@ class Processor:
     def encode(self, text):
         return self.tok.convert_tokens_to_ids(self.tok.tokenize(text)) if text.strip() else []
 
+    def encode_pieces(self, pieces):
+        """(start of its line, piece, token ids) for each corpus piece; a long line's pieces share the
+        start. Tokenizing the pieces gives the whole line's tokens (see corpus.py)."""
+        line_start = None
+        for piece in pieces:
+            if line_start is None:
+                line_start = piece.start
+            yield line_start, piece, self.encode(piece.text)
+            if piece.line_end:
+                line_start = None
+
+    def pack(self, lines, n):
+        """The lines' tokens, each line with tokens followed by [SEP], in windows of n tokens (across
+        lines); the last window, possibly empty, holds the rest."""
+        buf, line_has_tokens = [], False
+        for _, piece, ids in self.encode_pieces(lines):
+            buf += ids
+            line_has_tokens = line_has_tokens or bool(ids)
+            if piece.line_end and line_has_tokens:
+                buf.append(self.sep)
+                line_has_tokens = False
+            windows, buf = full_windows(buf, n)
+            yield from windows
+        yield buf
+
     def emit(self, tokens, rng, copies=None, **values):
         """One instance, or (static masking) `copies` differently masked copies of it."""
         if not self.static:
@@ -71,6 +100,17 @@ class Processor:
             yield dict(tokens=src, mlm_positions=positions, mlm_targets=targets, **values)
 
     def process_block(self, lines, start, end):
-        """Instances from `lines`, the (start, end, text) lines of the block [start, end)."""
+        """Instances from `lines`, the corpus.Piece's of the lines of the block [start, end)."""
         raise NotImplementedError
 
+
+def is_blank_line(line_start, piece):
+    """A whole line (not a piece of a long one) holding only whitespace: a document boundary."""
+    return piece.line_end and piece.start == line_start and not piece.text.strip()
+
+
+def full_windows(buf, n):
+    """The full windows of `n` tokens at the front of the list `buf`, and the rest (fewer than n tokens).
+    Cut by index: linear in len(buf), where repeated `del buf[:n]` is quadratic."""
+    k = len(buf) - len(buf) % n
+    return [buf[i:i + n] for i in range(0, k, n)], buf[k:]

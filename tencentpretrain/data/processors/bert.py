@@ -1,9 +1,12 @@
 """bert: sentence pairs with a next-sentence label, masked (Google's create_pretraining_data)."""
 import numpy as np
 
-from tencentpretrain.data.processors.base import Processor
+from tencentpretrain.data.processors.base import Processor, is_blank_line
 from tencentpretrain.errors import UserError
 from tencentpretrain.registry import PROCESSORS
+
+GROUP_BYTES = 8 << 20  # documents held (tokenized) at once: those of one block, or of 8 MiB of it
+DOC_BYTES = 4 << 20    # a longer document is cut in parts, each a document
 
 
 @PROCESSORS.register("bert")
@@ -14,8 +17,10 @@ class BertProcessor(Processor):
     (is_random_next = 1) and the unused sentences go back to the pool. Pairs are truncated
     longest-first (from the front or the back at random). [CLS] A [SEP] B [SEP], segments 1/2.
     The random document is drawn, as in TencentPretrain's per-worker document buffer, from the other
-    documents of the same block (about block_bytes of text, held tokenized in memory); a block of
-    one document draws from a random byte of the whole corpus instead.
+    documents of the same block (about block_bytes of text, held tokenized in memory; a block of more
+    than GROUP_BYTES is taken in groups of documents, a document of more than DOC_BYTES in parts); a
+    block (or group) of one document draws from a random byte of the whole corpus instead. A line
+    longer than 1 MiB is read in pieces (corpus.py), each a sentence.
     --dup_factor copies of each document's pairs (different splits, pairings and, under static masking,
     masks) are written even with --dynamic_masking, as TencentPretrain does."""
     instance_arrays = {"seg_split": "int32", "is_random_next": "uint8"}
@@ -34,24 +39,42 @@ class BertProcessor(Processor):
         return opts.dup_factor  # different pairs per copy, masked or not
 
     def process_block(self, lines, start, end):
-        docs, doc = [], []  # docs: (sentences, first byte, end byte)
-        for pos, _, text in lines:
-            if not text.strip():
+        for docs in self._groups(lines, end):
+            for k in range(len(docs)):
+                for copy in range(self.n_copies):
+                    rng = np.random.default_rng([self.opts.seed, docs[k][1], copy])
+                    yield from self._pairs(docs, k, rng)
+
+    def _groups(self, lines, end):
+        """The block's documents, (sentences as int32 arrays, first byte, end byte), in groups that end
+        at the first document end after GROUP_BYTES of corpus; a document is cut after the sentence that
+        takes it past DOC_BYTES. Both bound memory; a corpus with smaller blocks is read as one group."""
+        docs, doc = [], []
+
+        def close(doc_end):
+            docs.append((doc, doc_start, doc_end))
+            return docs[-1][2] - docs[0][1] >= GROUP_BYTES
+
+        for line_start, piece, ids in self.encode_pieces(lines):
+            if is_blank_line(line_start, piece):
                 if doc:
-                    docs.append((doc, doc_start, pos))
+                    if close(piece.start):
+                        yield docs
+                        docs = []
                 doc = []
-                continue
-            ids = self.encode(text)
-            if ids:
+            elif ids:
                 if not doc:
-                    doc_start = pos
-                doc.append(ids)
+                    doc_start = piece.start
+                doc.append(np.asarray(ids, dtype=np.int32))
+                if piece.end - doc_start >= DOC_BYTES:
+                    if close(piece.end):
+                        yield docs
+                        docs = []
+                    doc = []
         if doc:
-            docs.append((doc, doc_start, end))
-        for k in range(len(docs)):
-            for copy in range(self.n_copies):
-                rng = np.random.default_rng([self.opts.seed, docs[k][1], copy])
-                yield from self._pairs(docs, k, rng)
+            close(end)
+        if docs:
+            yield docs
 
     def _pairs(self, docs, k, rng):
         doc = docs[k][0]
@@ -75,8 +98,9 @@ class BertProcessor(Processor):
                 else:
                     is_random, b = 0, _flatten(chunk[a_end:])
                 a, b = _truncate_pair(a, b, max_tokens, rng)
-                if a and b:
-                    yield from self.emit([self.cls] + a + [self.sep] + b + [self.sep], rng, copies=1,
+                if len(a) and len(b):
+                    tokens = np.concatenate(([self.cls], a, [self.sep], b, [self.sep]))
+                    yield from self.emit(tokens, rng, copies=1,
                                          seg_split=len(a) + 2, is_random_next=is_random)
                 chunk, length = [], 0
             i += 1
@@ -101,14 +125,14 @@ class BertProcessor(Processor):
         last try accepts the same document (a corpus of one document has no other)."""
         for attempt in range(10):
             out, n = [], 0
-            for pos, _, text in self.corpus.lines_after(int(rng.integers(0, self.corpus.size))):
-                if attempt < 9 and doc_start <= pos < doc_end:
+            pieces = self.corpus.lines_after(int(rng.integers(0, self.corpus.size)))
+            for line_start, piece, ids in self.encode_pieces(pieces):
+                if attempt < 9 and doc_start <= piece.start < doc_end:
                     break
-                if not text.strip():
+                if is_blank_line(line_start, piece):
                     if out:
                         break  # end of that document
                     continue
-                ids = self.encode(text)
                 if ids:
                     out.append(ids)
                     n += len(ids)
@@ -120,7 +144,7 @@ class BertProcessor(Processor):
 
 
 def _flatten(sentences):
-    return [t for s in sentences for t in s]
+    return np.concatenate(sentences) if sentences else np.zeros(0, dtype=np.int32)
 
 
 def _truncate_pair(a, b, max_tokens, rng):

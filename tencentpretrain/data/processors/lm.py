@@ -17,13 +17,6 @@ class LmProcessor(Processor):
             raise UserError("--whole_word_masking applies to the mlm and bert processors; lm has no masking")
 
     def process_block(self, lines, start, end):
-        n, buf = self.L + 1, []
-        for _, _, text in lines:
-            ids = self.encode(text)
-            if ids:
-                buf += ids + [self.sep]
-            while len(buf) >= n:
-                yield {"tokens": buf[:n]}
-                del buf[:n]
-        if len(buf) >= 2:
-            yield {"tokens": buf}
+        for window in self.pack(lines, self.L + 1):
+            if len(window) >= 2:
+                yield {"tokens": window}

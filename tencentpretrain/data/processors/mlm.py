@@ -1,7 +1,7 @@
 """mlm: one document per line, masked-language-model instances (RoBERTa style, no sentence pairs)."""
 import numpy as np
 
-from tencentpretrain.data.processors.base import Processor
+from tencentpretrain.data.processors.base import Processor, full_windows
 from tencentpretrain.registry import PROCESSORS
 
 
@@ -13,24 +13,18 @@ class MlmProcessor(Processor):
 
     def process_block(self, lines, start, end):
         if self.opts.full_sentences:
-            yield from self._packed(lines, start)
+            rng = np.random.default_rng([self.opts.seed, start])
+            for window in self.pack(lines, self.L - 1):
+                if any(t != self.sep for t in window):  # the last one may be empty or a lone [SEP]
+                    yield from self.emit([self.cls] + window, rng)
             return
-        n = self.L - 2
-        for pos, _, text in lines:
-            ids = self.encode(text)
-            rng = np.random.default_rng([self.opts.seed, pos]) if ids and self.static else None
-            for s in range(0, len(ids), n):
-                yield from self.emit([self.cls] + ids[s:s + n] + [self.sep], rng)
-
-    def _packed(self, lines, start):
-        rng = np.random.default_rng([self.opts.seed, start])
-        n, buf = self.L - 1, []
-        for _, _, text in lines:
-            ids = self.encode(text)
-            if ids:
-                buf += ids + [self.sep]
-            while len(buf) >= n:
-                yield from self.emit([self.cls] + buf[:n], rng)
-                del buf[:n]
-        if any(t != self.sep for t in buf):
-            yield from self.emit([self.cls] + buf, rng)
+        n, buf = self.L - 2, []
+        for line_start, piece, ids in self.encode_pieces(lines):
+            if piece.start == line_start:  # each line's masks come from its own stream
+                rng = np.random.default_rng([self.opts.seed, line_start]) if self.static else None
+            windows, buf = full_windows(buf + ids, n)
+            if piece.line_end and buf:
+                windows.append(buf)
+                buf = []
+            for window in windows:
+                yield from self.emit([self.cls] + window + [self.sep], rng)
