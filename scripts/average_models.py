@@ -7,6 +7,8 @@ Every checkpoint must have the same keys with the same shapes. Floating-point te
 (summed in float64, stored in their own dtype); other tensors (integer counters, boolean masks) must be
 equal in all checkpoints and are copied. The output is a plain state dict (.safetensors by extension);
 load it with the same --config_path as the inputs.
+
+Guide: docs/migrating.md
 """
 import os
 import sys

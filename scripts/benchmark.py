@@ -9,6 +9,8 @@ Side by side with TencentPretrain (a checkout of it) and Hugging Face BertModel,
     python scripts/benchmark.py --side_by_side --tencentpretrain PATH [--quick]
 
 WID and fine-tuning have their own: scripts/benchmark_wid.py, scripts/benchmark_finetune.py.
+
+Guide: docs/performance.md
 """
 import os
 import sys
@@ -24,8 +26,9 @@ import benchmark_pretrain  # noqa: E402
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["mini", "small", "base"])
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--configs", nargs="+", default=["mini", "small", "base"],
+                   help="model sizes for the plain pretraining table (models/bert/<name>_config.json)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     p.add_argument("--side_by_side", action="store_true",
                    help="compare with TencentPretrain (--tencentpretrain PATH) and Hugging Face BertModel")
     p.add_argument("--tencentpretrain", default=None, metavar="PATH", help="implies --side_by_side")

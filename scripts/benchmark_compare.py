@@ -16,6 +16,8 @@ student, batch 1 and 32) against `BertModel`, WID step and memory against a dens
 (scripts/benchmark_wid.py), the merged 12x192 students against their 12x768 teacher, and 2 processes
 x 1 thread against 1 process x 2 threads. TencentPretrain's code is imported from the given path at
 run time; nothing of it is copied here.
+
+Guide: docs/performance.md
 """
 import os
 import sys
@@ -324,13 +326,14 @@ def main(argv=None):
     p.add_argument("--tencentpretrain", default=None, metavar="PATH",
                    help="a TencentPretrain checkout (its pretrain.py and models/ are used); omitted: no TP column")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps: checks that everything runs")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per measurement")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions per figure (median counts)")
     p.add_argument("--warmup", type=int, default=2, help="steps before the clock starts (the short run)")
     p.add_argument("--steps", type=int, default=8, help="timed steps (long run minus short run)")
-    p.add_argument("--seq_length", type=int, default=128)
+    p.add_argument("--seq_length", type=int, default=128, help="tokens per sequence")
     p.add_argument("--parts", nargs="+", default=["pretrain", "infer", "students", "wid", "ddp"],
-                   choices=["pretrain", "infer", "students", "wid", "ddp"])
+                   choices=["pretrain", "infer", "students", "wid", "ddp"],
+                   help="which tables to measure (default: all)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:

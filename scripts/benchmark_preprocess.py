@@ -1,6 +1,8 @@
 """Preprocessing throughput (corpus lines/s) with 1 and 2 processes, per processor, as a table.
 
     python scripts/benchmark_preprocess.py [--corpus_path corpora/moby_dick.txt] [--processors mlm bert]
+
+Guide: docs/performance.md
 """
 import os
 import sys
@@ -19,12 +21,14 @@ from tencentpretrain.resources import repo_root  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus_path", default=os.path.join(repo_root(), "corpora", "moby_dick.txt"))
-    p.add_argument("--processors", nargs="+", default=["mlm", "bert"])
-    p.add_argument("--processes", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--seq_length", type=int, default=128)
-    p.add_argument("--dup_factor", type=int, default=5)
-    p.add_argument("--dynamic_masking", action="store_true")
+    p.add_argument("--corpus_path", default=os.path.join(repo_root(), "corpora", "moby_dick.txt"),
+                   help="corpus to preprocess (default: the shipped Moby-Dick)")
+    p.add_argument("--processors", nargs="+", default=["mlm", "bert"],
+                   help="preprocess.py --data_processor values to time")
+    p.add_argument("--processes", nargs="+", type=int, default=[1, 2], help="--processes_num values to time")
+    p.add_argument("--seq_length", type=int, default=128, help="instance length")
+    p.add_argument("--dup_factor", type=int, default=5, help="copies of the corpus (preprocess.py --dup_factor)")
+    p.add_argument("--dynamic_masking", action="store_true", help="time dynamic instead of static masking")
     p.add_argument("--repeat", type=int, default=3, help="runs per cell; the fastest counts (less noise)")
     a = p.parse_args(argv)
     print(f"corpus {a.corpus_path} ({os.path.getsize(a.corpus_path) / 1e6:.1f} MB), seq_length {a.seq_length}, "

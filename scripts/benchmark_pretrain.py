@@ -1,6 +1,8 @@
 """Pretraining tokens/s of the BERT configs on this machine, fp32 and bf16, one process.
 
     python scripts/benchmark_pretrain.py [--configs mini small base] [--batch_size 8] [--seq_length 128]
+
+Guide: docs/performance.md
 """
 import os
 import sys
@@ -21,12 +23,13 @@ from tencentpretrain.training.benchmark import tokens_per_second  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["mini", "small", "base"], help="models/bert/<name>_config.json")
-    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--seq_length", type=int, default=128)
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                   help="fp32 and/or bf16 autocast")
+    p.add_argument("--batch_size", type=int, default=8, help="sequences per step")
+    p.add_argument("--seq_length", type=int, default=128, help="tokens per sequence")
     p.add_argument("--steps", type=int, default=4, help="timed steps, after --warmup_steps")
-    p.add_argument("--warmup_steps", type=int, default=2)
-    p.add_argument("--vocab_size", type=int, default=30522)
+    p.add_argument("--warmup_steps", type=int, default=2, help="untimed steps before the clock starts")
+    p.add_argument("--vocab_size", type=int, default=30522, help="vocabulary size of the synthetic model")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} x seq "
           f"{args.seq_length}, {args.steps} timed steps after {args.warmup_steps} warmup (full train steps: "

@@ -9,6 +9,8 @@ alternate in one process per row and the fastest of --steps rounds counts, so lo
 processes hurts both alike. Printed: step-time ratio WID / plain (wall clock, and process CPU time),
 and the memory ratio of parameters + gradients + Adam state (exact bytes; activations not counted).
 Masks are all open (step 0, the most expensive point: later the fold covers kept rows/columns only).
+
+Guide: docs/performance.md
 """
 import os
 import sys
@@ -112,15 +114,18 @@ def measure(spec):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--widths", nargs="+", choices=sorted(WIDTHS), default=["small", "base"])
+    p.add_argument("--widths", nargs="+", choices=sorted(WIDTHS), default=["small", "base"],
+                   help="model widths to measure")
     p.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192, 16384], help="tokens per step")
-    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                   help="fp32 and/or bf16 autocast")
     p.add_argument("--base_layers", type=int, default=1, help="layers for the base width (12 in BERT-base)")
     p.add_argument("--small_layers", type=int, default=2, help="layers for the small width")
-    p.add_argument("--seq_length", type=int, default=128)
-    p.add_argument("--vocab_size", type=int, default=30522)
+    p.add_argument("--seq_length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--vocab_size", type=int, default=30522, help="vocabulary size of the synthetic model")
     p.add_argument("--steps", type=int, default=2, help="timed rounds per row (after a one-sequence warm-up)")
-    p.add_argument("--fold", choices=("auto", "weights", "activations"), default="auto")
+    p.add_argument("--fold", choices=("auto", "weights", "activations"), default="auto",
+                   help="WID fold mode (wid block 'fold')")
     p.add_argument("--compactors_only", action="store_true",
                    help="WID with wid.compactors_only: the teacher's weights frozen (no gradient, no Adam state)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)

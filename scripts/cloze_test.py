@@ -9,6 +9,8 @@ masked (chosen with --seed) and its original is the correct answer. For each mas
 has four lines: the masked sentence (its tokens joined, padding left out), "Predicted answer: " and the
 --topn most likely tokens, best first, "Correct answer: " and the original token (left out when the
 line brought its own [MASK]), and a blank line.
+
+Guide: docs/migrating.md
 """
 import os
 import sys

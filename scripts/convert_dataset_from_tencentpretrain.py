@@ -6,6 +6,8 @@
 The pickles are read without running any code (only lists, tuples and integers are accepted; anything
 else is refused), so a corpus preprocessed by TencentPretrain need not be preprocessed again. Give the
 vocabulary TencentPretrain's preprocess.py used. Static or dynamic masking is read from the file.
+
+Guide: docs/converting.md
 """
 import os
 import sys
@@ -27,7 +29,7 @@ def build_parser():
     p.add_argument("--vocab_path", default=None,
                    help="the vocabulary TencentPretrain used (default: models/google_uncased_en_vocab.txt)")
     p.add_argument("--spm_model_path", default=None, help="the SentencePiece model TencentPretrain used")
-    p.add_argument("--tokenizer", choices=TOKENIZERS.names(), default="bert")
+    p.add_argument("--tokenizer", choices=TOKENIZERS.names(), default="bert", help="the tokenizer the dataset was made with (recorded in the header)")
     p.add_argument("--do_lower_case", choices=["true", "false"], default="true",
                    help="recorded in the header (the ids are already tokenized)")
     p.add_argument("--seq_length", type=int, default=None,

@@ -7,6 +7,8 @@
 
 Instances are read in file order and masked by the loader's generator seeded with --seed, so every model
 (any size) is asked about exactly the same tokens. Prints accuracy, loss and the number of masked tokens.
+
+Guide: docs/wid_demo.md
 """
 import os
 import sys
@@ -26,7 +28,7 @@ def main(argv=None):
     p.add_argument("--config_path", required=True, help="its model config json")
     p.add_argument("--dataset_path", required=True, help="held-out dataset from preprocess.py (mlm or bert)")
     p.add_argument("--seed", type=int, default=7, help="masking seed (keep it fixed to compare models)")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=32, help="instances per forward")
     p.add_argument("--max_instances", type=int, default=None, help="evaluate only the first N instances")
     p.add_argument("--output_path", default=None, help="also write the result as json")
     args = p.parse_args(argv)

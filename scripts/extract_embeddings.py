@@ -5,6 +5,8 @@ r"""Write a checkpoint's word embedding matrix as text, one vocab token per line
 
 The first line is "<rows> <dimension>"; then, for each token in vocab order, the token and its row's
 values separated by spaces. The vocab must be the one the model was trained with (one row per token).
+
+Guide: docs/migrating.md
 """
 import os
 import sys

@@ -8,6 +8,8 @@ blank lines get no vector. --pooling (default: the config's "pooling", else firs
 output into one vector: the [CLS] position, the mean or maximum over the tokens, or the last token.
 --whitening_size k applies BERT-whitening (subtract the mean, rotate and scale by the covariance's
 SVD, keep k dimensions) and L2-normalises. Read the output with torch.load(path).
+
+Guide: docs/migrating.md
 """
 import os
 import sys

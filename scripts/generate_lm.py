@@ -11,6 +11,8 @@ most likely tokens (0: all) and then the smallest set whose probability reaches 
 --top_k 1 is greedy decoding. Draws come from a generator seeded with --seed, so a run is repeatable.
 For each beginning the output has the beginning on one line and the whole generated sequence, its
 tokens joined (decoded by the SentencePiece model when one is given), on the next.
+
+Guide: docs/migrating.md
 """
 import os
 import sys

@@ -6,6 +6,8 @@
 
 Median wall time of --repeats forwards under torch.inference_mode with --threads intra-op threads; the
 models take turns (round-robin), so load from other processes hits them alike.
+
+Guide: docs/wid_demo.md
 """
 import os
 import sys
@@ -23,10 +25,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="NAME=WEIGHTS,CONFIG",
                    help="a model to time (WEIGHTS may be empty: random weights)")
-    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--seq_length", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32], help="batch sizes to time")
+    p.add_argument("--seq_length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--repeats", type=int, default=10, help="forwards per model and batch size; the median counts")
     args = p.parse_args(argv)
     models = {}
     for spec in args.model:

@@ -14,6 +14,8 @@ whose masked coordinates are not dead yet (their decay factor, the product of th
 drops them, so the student would differ from the trained model. The message says how many are alive,
 the largest remaining factor and entry, and the steps still needed at the current decay (lr from the
 checkpoint's .state.pt when present, else the config). --allow_live_masked merges anyway, with a warning.
+
+Guide: docs/wid.md
 """
 import os
 import sys

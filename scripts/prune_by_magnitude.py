@@ -8,6 +8,8 @@ writes models/pruned_192.bin and models/pruned_192_config.json. Tied dimensions 
 residual stream everywhere, each layer's attention width in Q/K/V/output, each FFN width), keeping the
 coordinates with the largest weight norms: WID's mask groups with their masks set once, then WID's merge;
 see tencentpretrain/pruning.py.
+
+Guide: docs/wid_demo.md
 """
 import os
 import sys
@@ -23,9 +25,9 @@ def main(argv=None):
     from tencentpretrain.pruning import prune_checkpoint
     from tencentpretrain.wid.strategies import strategy_names
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load_model_path", required=True)
-    p.add_argument("--config_path", required=True)
-    p.add_argument("--output_model_path", required=True)
+    p.add_argument("--load_model_path", required=True, help="the teacher's weights")
+    p.add_argument("--config_path", required=True, help="the teacher's model config")
+    p.add_argument("--output_model_path", required=True, help="the pruned model's weights")
     p.add_argument("--output_config_path", default=None, help="default: <output stem>_config.json")
     p.add_argument("--target_dim", type=int, required=True, help="hidden size of the pruned model")
     p.add_argument("--target_feedforward_size", type=int, default=None, help="default: scaled with --target_dim")

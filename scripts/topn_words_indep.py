@@ -6,6 +6,8 @@ r"""Nearest vocab words by cosine similarity of the word embeddings (context-ind
 --test_path holds one target word per line (the first whitespace-separated field; blank lines are
 skipped). For each word this prints "Target word: <word>", then --topn lines "<word>\t<cosine>" from the
 most similar down (the target itself left out), then a blank line.
+
+Guide: docs/migrating.md
 """
 import os
 import sys

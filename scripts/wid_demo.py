@@ -11,6 +11,8 @@ CPU latency, held-out MLM accuracy and sentiment accuracy, and plots the loss an
 Fine-tuning prints its progress (step, loss, examples/s, ETA) as it goes. Re-running the same command
 resumes (finished stages are skipped). Outputs go to --run_dir
 (default runs/wid_demo_<preset>): results.json, results.md, wid_plot.png, logs/, and the models.
+
+Guide: docs/wid_demo.md
 """
 # The stages, presets and report are the package scripts/wid_demo_app/ beside this file.
 import os
@@ -27,7 +29,7 @@ from tencentpretrain.errors import UserError, run_cli  # noqa: E402
 def main(argv=None):
     from wid_demo_app import PRESETS, Demo, preset_with, publish
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS), default="quick")
+    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="micro (tests), smoke (CI), quick (~12 min), full (the published table)")
     p.add_argument("--run_dir", default=None, help="default: runs/wid_demo_<preset>")
     p.add_argument("--threads", type=int, default=2, help="torch threads for every stage and the latency runs")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

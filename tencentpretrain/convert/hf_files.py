@@ -220,7 +220,8 @@ LAYERS_HELP = ("TencentPretrain's flag: the number of encoder layers, checked ag
 def import_main(argv=None):
     p = argparse.ArgumentParser(description="Convert a Hugging Face BERT (folder or .bin/.safetensors "
                                             "file) to this toolkit's keys and config. Takes TencentPretrain's "
-                                            "flags (--layers_num, --type) with their meaning.")
+                                            "flags (--layers_num, --type) with their meaning.",
+                                epilog="Guide: docs/converting.md")
     p.add_argument("--input_model_path", required=True, help="HF model folder or weights file")
     p.add_argument("--output_model_path", required=True, help="our weights (.bin or .safetensors)")
     p.add_argument("--output_config_path", help="our model config json "
@@ -247,8 +248,9 @@ def import_main(argv=None):
 def export_main(argv=None):
     p = argparse.ArgumentParser(description="Convert this toolkit's BERT to a Hugging Face folder "
                                             "(config.json + weights) or a single weights file. Takes "
-                                            "TencentPretrain's flags (--layers_num, --type) with their meaning.")
-    p.add_argument("--input_model_path", required=True)
+                                            "TencentPretrain's flags (--layers_num, --type) with their meaning.",
+                                epilog="Guide: docs/converting.md")
+    p.add_argument("--input_model_path", required=True, help="this toolkit's weights (.bin or .safetensors)")
     p.add_argument("--config_path", help="our model config json (default: <model stem>_config.json beside the "
                                          "checkpoint, then the same for <output_model_path> of a "
                                          "<output_model_path>-<step> checkpoint; if none exists, inferred from "

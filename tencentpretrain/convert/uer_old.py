@@ -1,6 +1,6 @@
 """Old UER-py key names -> TencentPretrain's, including the WID authors' compactor names.
 
-Old UER names differ only outside the encoder (README, "Converting checkpoints"). The WID reference code (a trimmed
+Old UER names differ only outside the encoder (docs/converting.md). The WID reference code (a trimmed
 UER-py fork, github.com/wutaiqiang/WID-NAACL2024) adds bias-free `nn.Linear` compactors whose
 `.weight` is the matrix applied to the activations (y = C x), input side "left", output side
 "right"; checkpoints saved under DDP also carry a `module.` prefix.
@@ -181,9 +181,10 @@ def old_to_new_main(argv=None):
     import argparse
 
     p = argparse.ArgumentParser(description="Rename old UER-py keys (and the WID reference code's "
-                                            "compactor keys) to this toolkit's names.")
-    p.add_argument("--input_model_path", required=True)
-    p.add_argument("--output_model_path", required=True)
+                                            "compactor keys) to this toolkit's names.",
+                                epilog="Guide: docs/converting.md")
+    p.add_argument("--input_model_path", required=True, help="the old checkpoint")
+    p.add_argument("--output_model_path", required=True, help="the checkpoint with new key names")
     p.add_argument("--mask_path", help="the WID reference's mask file: adds our wid_mask buffers so "
                                        "scripts/merge_compactors.py can merge the checkpoint")
     p.add_argument("--mask_step", type=int, help="which step's masks (default: the last in the file)")

@@ -1,4 +1,4 @@
-"""LayerNorm in the two conventions converted checkpoints need (README, "LayerNorm convention")."""
+"""LayerNorm in the two conventions converted checkpoints need (docs/converting.md, "LayerNorm convention")."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -1,5 +1,8 @@
 """Fine-tuning throughput (examples/s at a fixed sequence length) and, given a pre-trained model,
-the accuracy it reaches on the shipped sentiment task (datasets/sentiment)."""
+the accuracy it reaches on the shipped sentiment task (datasets/sentiment).
+
+Guide: docs/performance.md
+"""
 import argparse
 import os
 import time
@@ -52,20 +55,22 @@ def throughput(config_path, seq_length=128, batch_size=32, steps=20, device="cpu
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["models/bert/mini_config.json", "models/bert/small_config.json"])
-    parser.add_argument("--seq_length", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--configs", nargs="+",
+                        default=["models/bert/mini_config.json", "models/bert/small_config.json"],
+                        help="model configs whose fine-tuning examples/s is measured")
+    parser.add_argument("--seq_length", type=int, default=128, help="tokens per example")
+    parser.add_argument("--batch_size", type=int, default=32, help="examples per step")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per config")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--pretrained_model_path", default=None,
                         help="a model pre-trained by the toolkit: also fine-tune it on datasets/sentiment")
     parser.add_argument("--config_path", default=None, help="the pre-trained model's config")
     parser.add_argument("--vocab_path", default=None, help="the pre-trained model's vocabulary")
     parser.add_argument("--baseline", action="store_true",
                         help="also fine-tune the same config from random weights, for comparison")
-    parser.add_argument("--epochs_num", type=int, default=3)
-    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--epochs_num", type=int, default=3, help="sentiment fine-tuning epochs")
+    parser.add_argument("--learning_rate", type=float, default=5e-5, help="sentiment fine-tuning learning rate")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     threads = torch.get_num_threads() if device == "cpu" else None

@@ -7,10 +7,11 @@ import argparse
 import os
 
 from tencentpretrain.errors import UserError
-from tencentpretrain.opts import model_config_from_args, model_opts, tokenizer_opts
+from tencentpretrain.opts import log_opts, model_config_from_args, model_opts, tokenizer_opts
 from tencentpretrain.tasks.base import get_task
 from tencentpretrain.tasks.engine import RunConfig, evaluate, fit, format_metrics, pick_device
 from tencentpretrain.tasks.heads import build_task_model
+from tencentpretrain.utils.log import check_log_path, info, logging_to
 from tencentpretrain.utils.runtime import seed_everything
 from tencentpretrain.data.tokenizers import build_tokenizer
 from tencentpretrain.resources import resolve
@@ -19,7 +20,7 @@ from tencentpretrain.config import config_path_beside
 
 # ---------------------------------------------------------------- options
 def _parser(description):
-    parser = argparse.ArgumentParser(description=description,
+    parser = argparse.ArgumentParser(description=description, epilog="Guide: docs/finetuning.md",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model_opts(parser)
     tokenizer_opts(parser)
@@ -31,19 +32,19 @@ def _train_opts(parser, seq_length):
     g.add_argument("--pretrained_model_path", default=None, help="pre-trained weights (.bin or .safetensors)")
     g.add_argument("--output_model_path", default="models/finetuned_model.bin",
                    help="where the best-on-dev weights are written")
-    g.add_argument("--train_path", required=True)
+    g.add_argument("--train_path", required=True, help="training file")
     g.add_argument("--dev_path", nargs="+", default=None,
                    help="dev file(s); the first one picks the best epoch (MNLI: matched then mismatched)")
     g.add_argument("--test_path", default=None, help="labelled test file, scored once with the best model")
-    g.add_argument("--epochs_num", type=int, default=3)
-    g.add_argument("--batch_size", type=int, default=32)
-    g.add_argument("--seq_length", type=int, default=seq_length)
-    g.add_argument("--learning_rate", type=float, default=2e-5)
+    g.add_argument("--epochs_num", type=int, default=3, help="passes over the training file")
+    g.add_argument("--batch_size", type=int, default=32, help="examples per batch")
+    g.add_argument("--seq_length", type=int, default=seq_length, help="tokens per example, special tokens included")
+    g.add_argument("--learning_rate", type=float, default=2e-5, help="peak learning rate")
     g.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with a rising learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.01)
+    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
     g.add_argument("--accumulation_steps", type=int, default=1, help="batches per optimizer step")
-    g.add_argument("--seed", type=int, default=7)
-    g.add_argument("--report_steps", type=int, default=100)
+    g.add_argument("--seed", type=int, default=7, help="same seed, same model file (on CPU)")
+    g.add_argument("--report_steps", type=int, default=100, help="progress line every this many steps")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     return g
@@ -53,12 +54,12 @@ def _infer_opts(parser, seq_length):
     g = parser.add_argument_group("inference")
     g.add_argument("--load_model_path", "--pretrained_model_path", dest="load_model_path", required=True,
                    help="fine-tuned weights")
-    g.add_argument("--test_path", required=True)
-    g.add_argument("--prediction_path", required=True)
-    g.add_argument("--batch_size", type=int, default=64)
-    g.add_argument("--seq_length", type=int, default=seq_length)
-    g.add_argument("--bf16", action="store_true")
-    g.add_argument("--device", default=None)
+    g.add_argument("--test_path", required=True, help="file to predict")
+    g.add_argument("--prediction_path", required=True, help="where the predictions are written")
+    g.add_argument("--batch_size", type=int, default=64, help="examples per batch")
+    g.add_argument("--seq_length", type=int, default=seq_length, help="tokens per example (as in fine-tuning)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     return g
 
 
@@ -94,7 +95,7 @@ def _model_config(args, tokenizer):
 
 
 def _log(msg):
-    print(msg, flush=True)
+    info(msg)  # the terminal, and the --log_path file when one is given
 
 
 # ---------------------------------------------------------------- the two command lines
@@ -107,6 +108,11 @@ def finetune_main(task, argv=None):
 def finetune(task, argv=None):
     """finetune_main's work; returns {"best_epoch", "best", "history"} (engine.fit) plus "test" metrics."""
     task, args, run = _setup(task, argv, training=True)
+    with logging_to(args.log_path, args.log_level, args.log_file_level):
+        return _finetune(task, args, run)
+
+
+def _finetune(task, args, run):
     seed_everything(run.seed)  # before the head is initialised: same --seed, same model
     tokenizer = _tokenizer(args)
     cfg = _model_config(args, tokenizer)
@@ -133,6 +139,12 @@ def finetune(task, argv=None):
 def infer_main(task, argv=None):
     """Predict with a model fine-tuned on `task`: load it (its head checked), read, encode, write."""
     task, args, run = _setup(task, argv, training=False)
+    with logging_to(args.log_path, args.log_level, args.log_file_level):
+        _infer(task, args, run)
+    return 0
+
+
+def _infer(task, args, run):
     tokenizer = _tokenizer(args)
     cfg = _infer_config(args, tokenizer)
     model = task.load_model(cfg, args).to(run.device)
@@ -148,7 +160,10 @@ def _setup(task, argv, training):
     parser = _parser(task_cls.train_description if training else task_cls.infer_description)
     (_train_opts if training else _infer_opts)(parser, seq_length=task_cls.seq_length)
     task_cls.add_options(parser, training)
+    log_opts(parser)
     args = parser.parse_args(argv)
+    if args.log_path:
+        check_log_path(args.log_path)
     run = _run_config(args)
     return task_cls.from_args(args, _log), args, run
 

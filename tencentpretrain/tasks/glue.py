@@ -131,12 +131,12 @@ def convert_task(task, in_dir, out_dir, skip_bad_rows=False, log=print):
 
 def main(argv=None):
     import argparse
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Guide: docs/finetuning.md",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}, or 'all' "
                         "(then --input_dir holds one folder per task, named as GLUE names them)")
     parser.add_argument("--input_dir", required=True, help="folder with the task's official .tsv files")
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True, help="where the TSV files (and labels.json) are written")
     parser.add_argument("--skip_bad_rows", action="store_true", help="drop rows with a wrong number of fields")
     args = parser.parse_args(argv)
     if args.task.lower() == "all":

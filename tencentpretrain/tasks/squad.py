@@ -310,9 +310,9 @@ class SquadTask(Task):
     def add_options(cls, parser, training):
         g = parser.add_argument_group("SQuAD")
         g.add_argument("--doc_stride", type=int, default=128, help="tokens between the starts of two context windows")
-        g.add_argument("--max_query_length", type=int, default=64)
-        g.add_argument("--max_answer_length", type=int, default=30)
-        g.add_argument("--n_best_size", type=int, default=20)
+        g.add_argument("--max_query_length", type=int, default=64, help="question tokens kept")
+        g.add_argument("--max_answer_length", type=int, default=30, help="longest answer span, in tokens")
+        g.add_argument("--n_best_size", type=int, default=20, help="start and end candidates per window")
         g.add_argument("--null_score_diff_threshold", type=float, default=0.0,
                        help="v2.0: answer '' when the no-answer score beats the best span by more than this")
         if not training:

@@ -50,7 +50,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Guide: docs/finetuning.md",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("models (one with --pretrained_model_path/--config_path, or several with --model)")
     g.add_argument("--pretrained_model_path", default=None, help="weights (.bin / .safetensors)")
@@ -64,7 +64,7 @@ def build_parser():
     g = p.add_argument_group("data")
     g.add_argument("--glue_dir", default=os.path.join(SHARED_DATA, "glue"),
                    help="one folder per GLUE task (CoLA, SST-2, ...) with the official train.tsv / dev.tsv")
-    g.add_argument("--squad_dir", default=os.path.join(SHARED_DATA, "squad"))
+    g.add_argument("--squad_dir", default=os.path.join(SHARED_DATA, "squad"), help="folder with dev-v1.1.json and dev-v1.1.part2.json")
     g.add_argument("--squad_train_path", default=None, help="SQuAD v1.1 JSON to train on "
                    "(default: <squad_dir>/dev-v1.1.json, half of the official dev set's articles)")
     g.add_argument("--squad_eval_path", default=None, help="SQuAD v1.1 JSON to score, no question shared with the "
@@ -75,27 +75,27 @@ def build_parser():
                    help="a task with dev.tsv but no train.tsv (QNLI in ../shared/data) trains on half of the dev "
                         "rows (grouped by first sentence) and is scored on the other half; default: skipped")
     g = p.add_argument_group("run (defaults from --preset)")
-    g.add_argument("--preset", choices=PRESETS, default="quick")
-    g.add_argument("--seeds", nargs="+", type=int, default=None)
+    g.add_argument("--preset", choices=PRESETS, default="quick", help="tiny: a smoke test; quick: 1000 train / 500 eval examples, 2 epochs, 3 seeds; full: all, 3 epochs")
+    g.add_argument("--seeds", nargs="+", type=int, default=None, help="fine-tuning seeds per task")
     g.add_argument("--max_train_examples", type=int, default=None, help="per task, drawn at random once; 0: all")
     g.add_argument("--max_eval_examples", type=int, default=None, help="per task (SQuAD: questions); 0: all")
     g.add_argument("--cap", action="append", default=[], metavar="TASK=N", help="a task's own training cap")
     g.add_argument("--eval_cap", action="append", default=[], metavar="TASK=N", help="a task's own evaluation cap")
-    g.add_argument("--epochs_num", type=int, default=None)
-    g.add_argument("--batch_size", type=int, default=None)
-    g.add_argument("--learning_rate", type=float, default=1e-4)
-    g.add_argument("--warmup", type=float, default=0.1)
+    g.add_argument("--epochs_num", type=int, default=None, help="epochs per task")
+    g.add_argument("--batch_size", type=int, default=None, help="examples per batch")
+    g.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate")
+    g.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with a rising learning rate")
     g.add_argument("--seq_length_single", type=int, default=None, help="CoLA, SST-2")
     g.add_argument("--seq_length_pair", type=int, default=None, help="MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI")
-    g.add_argument("--seq_length_squad", type=int, default=None)
-    g.add_argument("--doc_stride", type=int, default=None)
+    g.add_argument("--seq_length_squad", type=int, default=None, help="SQuAD window length")
+    g.add_argument("--doc_stride", type=int, default=None, help="SQuAD: tokens between window starts")
     g.add_argument("--select_best_epoch", action="store_true",
                    help="score every epoch and report the best (optimistic: chosen on the scored set); "
                         "default: score the last epoch once")
     g.add_argument("--report_steps", type=int, default=0, help="progress line every N steps; 0: about 5 per cell")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    g.add_argument("--device", default=None)
-    g.add_argument("--output_dir", default="runs/benchmark_glue")
+    g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    g.add_argument("--output_dir", default="runs/benchmark_glue", help="results.json, results.md and the finished cells")
     g.add_argument("--rerun", action="store_true", help="recompute every cell, even finished ones")
     return p
 

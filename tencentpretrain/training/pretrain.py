@@ -11,6 +11,8 @@ Before training: the options and the output are checked (training/outputs.py: a 
 enough disk for a checkpoint pair), the output is locked (`<output_model_path>.lock`, one run at a time)
 and temporaries of a killed save are removed; a resume compares its options with the checkpoint's
 (training/resume_options.py) before anything is written.
+
+Guide: docs/pretraining.md
 """
 import argparse
 import contextlib
@@ -50,21 +52,22 @@ def training_opts(parser):
     g.add_argument("--total_steps", type=int, default=100000, help="optimizer steps")
     g.add_argument("--save_checkpoint_steps", type=int, default=10000,
                    help="save every this many steps (and at the last step)")
-    g.add_argument("--report_steps", type=int, default=100)
+    g.add_argument("--report_steps", type=int, default=100, help="print a progress line every this many steps")
     g.add_argument("--accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--batch_size", type=int, default=32, help="instances per process and micro-batch")
-    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--seed", type=int, default=7, help="seeds weights, dropout, data order and masks")
     g.add_argument("--resume", action="store_true",
                    help="continue from the latest <output_model_path>[-<step>] with its .state.pt, if any")
     g.add_argument("--resume_from", default=None, help="continue from this model file and its .state.pt")
     o = parser.add_argument_group("optimization")
-    o.add_argument("--optimizer", choices=("adamw",), default="adamw")
-    o.add_argument("--learning_rate", type=float, default=2e-5)
+    o.add_argument("--optimizer", choices=("adamw",), default="adamw", help="torch's AdamW")
+    o.add_argument("--learning_rate", type=float, default=2e-5, help="peak learning rate (after warmup)")
     o.add_argument("--weight_decay", type=float, default=0.01, help="not applied to biases and LayerNorm")
     o.add_argument("--bias_correction", type=_bool, default=True, metavar="{true,false}",
                    help="Adam bias correction; false reproduces TencentPretrain's BertAdam")
     o.add_argument("--warmup", type=float, default=0.1, help="warmup as a fraction of --total_steps")
-    o.add_argument("--scheduler", choices=SCHEDULERS, default="linear")
+    o.add_argument("--scheduler", choices=SCHEDULERS, default="linear",
+                   help="decay after warmup: linear or cosine towards 0, or constant")
     o.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; 0 disables it")
     o.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and GPU)")
     o.add_argument("--fp16", action="store_true", help="fp16 autocast with a loss scaler (GPU only)")

@@ -1,6 +1,6 @@
 """What a resume does with options that differ from the ones its checkpoint was trained with.
 
-Every option has a policy (the README's resume table is this file):
+Every option has a policy (the resume table of docs/pretraining.md is this file):
 
   refuse   continuing would not be the run the checkpoint belongs to (another batch, data order,
            model, precision, optimizer): the resume stops with every such option's old and new value

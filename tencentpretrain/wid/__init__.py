@@ -1,4 +1,4 @@
-"""Weight-Inherited Distillation: compactors, mask groups, schedule, penalty, merge (README: "Compressing
+"""Weight-Inherited Distillation: compactors, mask groups, schedule, penalty, merge (docs/wid.md: "Compressing
 BERT with Weight-Inherited Distillation (WID)").
 
 The core reaches WID only through feature.py (registered in tencentpretrain/features.py), which it

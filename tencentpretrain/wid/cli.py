@@ -76,8 +76,8 @@ def apply_wid_overrides(model_cfg, args, where="command line"):
     if converted:
         _note(f"{' '.join('--' + k for k in given)} with a plain BERT config: compressing it with WID "
               f"(encoder -> wid_transformer, target -> wid_mlm, embedding compactor added; wid block "
-              f"{model_cfg.wid.to_dict()}: the defaults plus these flags, see README 'Compressing BERT "
-              f"with WID')")
+              f"{model_cfg.wid.to_dict()}: the defaults plus these flags, see docs/wid.md, 'The "
+              f"config surface')")
     return model_cfg
 
 

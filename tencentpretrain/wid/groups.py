@@ -1,4 +1,4 @@
-"""Mask groups: the sets of coordinates that must be pruned together (README, "What is masked together").
+"""Mask groups: the sets of coordinates that must be pruned together (docs/wid.md, "What is masked together").
 
     S    the residual stream (hidden): the embedding compactor, every compactor reading or writing the
          stream, every LayerNorm on it. One mask for the whole network.

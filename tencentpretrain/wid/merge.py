@@ -1,4 +1,4 @@
-"""Fold the compactors into the weights and keep the kept coordinates: a smaller dense BERT (README, "Merge").
+"""Fold the compactors into the weights and keep the kept coordinates: a smaller dense BERT (docs/wid.md, "Merge").
 
     linear       W_s = R[keep_out, :] W L[:, keep_in]      b_s = (R b)[keep_out]
     LayerNorm    gamma[keep], beta[keep]                    (S, or M for the MLM head)

@@ -3,7 +3,7 @@ and the embedding (chosen by model_builder when the config has a wid block).
 
 Each is the ordinary component with its nn.Linear layers replaced by CompactedLinear and its
 LayerNorms by MaskedLayerNorm, so the forward code and every teacher key stay the same; only
-`compactor_in`/`compactor_out` and the `wid_mask.*` buffers are new (README: "The config surface").
+`compactor_in`/`compactor_out` and the `wid_mask.*` buffers are new (docs/wid.md: "The config surface").
 """
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""The pull that drives masked entries to zero (README, "The penalty"), optimizer-agnostic.
+"""The pull that drives masked entries to zero (docs/wid.md, "The penalty"), optimizer-agnostic.
 
 The reference replaces the task gradient of masked entries by lambda * w and edits Adam's first
 moment so that the step becomes about lr * lambda * w: an exponential decay at rate lr * lambda per

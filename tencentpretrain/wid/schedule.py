@@ -1,4 +1,4 @@
-"""When masks grow, by how much, and which coordinates go (README, "Compressing BERT with WID").
+"""When masks grow, by how much, and which coordinates go (docs/wid.md).
 
 Mask updates happen at optimizer steps w_step, 2*w_step, ...; update u sets
   FFN and MLM groups       masked = (size - target) * min(u, ffn_stages) / ffn_stages
