@@ -79,6 +79,16 @@ class SentenceTask(Task):
 
     labels_num = None
 
+    def metrics(self, tensors, preds):
+        """The task's scores of `preds` against `tensors["label"]`."""
+        raise NotImplementedError
+
+    def _note(self, tensors, preds):
+        """How the predictions score against the file's own labels, if it has them."""
+        if "label" not in tensors:
+            return ""
+        return f" ({format_metrics(self.metrics(tensors, preds))} against the file's labels)"
+
     labels_of = staticmethod(example_labels)  # an example's labels as a list (multi-label: several)
 
     @classmethod
@@ -199,12 +209,6 @@ class SequenceTask(SentenceTask):
     def evaluate(self, model, tensors, run):
         preds, _ = self.predict(model, tensors, run)
         return self.metrics(tensors, preds)
-
-    def _note(self, tensors, preds):
-        """How the predictions score against the file's own labels, if it has them."""
-        if "label" not in tensors:
-            return ""
-        return f" ({format_metrics(self.metrics(tensors, preds))} against the file's labels)"
 
 
 @register_task("classification")

@@ -17,7 +17,7 @@ from tencentpretrain.tasks.base import register_task
 from tencentpretrain.tasks.classification import SentenceTask, add_output_opts, write_label_table
 from tencentpretrain.tasks.classification import encode as encode_text
 from tencentpretrain.tasks.cli import finetune_main, infer_main
-from tencentpretrain.tasks.engine import format_metrics, forward_all
+from tencentpretrain.tasks.engine import forward_all
 from tencentpretrain.tasks.readers import read_multi_label_tsv
 
 
@@ -92,19 +92,18 @@ class MultiLabelTask(SentenceTask):
         probs = torch.sigmoid(logits)
         return (probs > 0.5).long(), probs, logits
 
+    def metrics(self, tensors, preds):
+        return M.multi_label_metrics(preds.numpy(), tensors["label"].numpy(), self.metric)
+
     def evaluate(self, model, tensors, run):
         preds, _, _ = self.predict(model, tensors, run)
-        return M.multi_label_metrics(preds.numpy(), tensors["label"].numpy(), self.metric)
+        return self.metrics(tensors, preds)
 
     def write_predictions(self, tensors, predictions):
         preds, probs, logits = predictions
         labels = [",".join(str(j) for j, on in enumerate(row) if on) for row in preds.tolist()]
         write_label_table(self.args, labels, logits, probs)
-        note = ""
-        if "label" in tensors:
-            scores = M.multi_label_metrics(preds.numpy(), tensors["label"].numpy())
-            note = f" ({format_metrics(scores)} against the file's labels)"
-        return f"{len(preds)} predictions written to {self.args.prediction_path}{note}"
+        return f"{len(preds)} predictions written to {self.args.prediction_path}{self._note(tensors, preds)}"
 
 
 def multi_label_main(argv=None):
