@@ -313,7 +313,9 @@ def wid(args):
             plain, w = r["plain"], r["wid"]
             what = "compactors_only (teacher frozen)" if compactors_only else "default (teacher trained)"
             print(f"  {what} {precision}: step {w['wall'] / plain['wall']:.2f}x, memory (params + grads + Adam) "
-                  f"{w['state_bytes'] / plain['state_bytes']:.2f}x", flush=True)
+                  f"{w['state_bytes'] / plain['state_bytes']:.2f}x; per process of 2 with --zero_optimizer "
+                  f"{w['state_bytes_zero2'] / plain['state_bytes']:.2f}x (dense sharded alike: "
+                  f"{w['state_bytes_zero2'] / plain['state_bytes_zero2']:.2f}x)", flush=True)
 
 
 def _has_transformers():

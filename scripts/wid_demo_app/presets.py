@@ -48,6 +48,13 @@ class Preset:
     baselines: bool = True
     random_lr: float = 5e-4
     pruned_lr: float = 2e-4
+    kd_recipes: tuple = ()              # KD baselines: the kd block of models/kd/minilm_l6_to_192_<recipe>.json
+    kd_lr: float = 5e-4                 # KD students start from random init, like the random baseline
+    glue_args: tuple = ()               # scripts/benchmark_glue.py options; () skips the GLUE/SQuAD stage
+    glue_teacher_lr: float = 1e-4
+    glue_student_lr: float = 5e-4       # every student the same (small models want a larger lr)
+    matched: bool = False               # + a wall-clock-matched variant of the two best students (GLUE avg)
+    attention: bool = False             # per-layer attention divergence of every student from the teacher
     finetune_seeds: tuple = (1, 2, 3)
     finetune_epochs: int = 2
     finetune_lrs: tuple = (5e-5, 2e-4)  # per model, the lr with the best mean dev accuracy is reported
@@ -64,10 +71,23 @@ class Preset:
 PRESETS = {
     # ~90 minutes on a 2-core CPU: the README's table.
     "full": Preset("full", adapt_steps=200, probe_steps=60, wid_steps=240, wid_w_step=10),
-    # The README quick start: teacher and WID student only, one fine-tuning seed; ~12 minutes.
+    # The comparison (issue: WID against KD): the quick preset's teacher and WID student against three KD
+    # recipes, magnitude pruning and random init at the same steps and batch, each fine-tuned on GLUE and
+    # SQuAD (scripts/benchmark_glue.py, capped, 3 seeds, bf16), a wall-clock-matched variant of the two best,
+    # and the attention divergence from the teacher.
+    "compare": Preset("compare", batch_size=16, adapt_steps=80, adapt_lr=2e-4, wid_steps=100, wid_w_step=5,
+                      l2_lambda=1500.0, kd_recipes=("distilbert", "tinybert", "minilm"), finetune_seeds=(),
+                      finetune_lrs=(), eval_instances=96, latency_repeats=5, report_steps=5,
+                      save_checkpoint_steps=1000, matched=True, attention=True,
+                      glue_args=("--preset", "quick", "--tasks", "SST-2", "CoLA", "MRPC", "STS-B", "RTE", "SQuAD",
+                                 "--max_train_examples", "1500", "--max_eval_examples", "400", "--cap", "SQuAD=400",
+                                 "--eval_cap", "SQuAD=300", "--seq_length_squad", "192", "--epochs_num", "2",
+                                 "--batch_size", "16",
+                                 "--seeds", "1", "2", "3", "--bf16")),
+    # The README quick start: teacher and WID student only, one fine-tuning seed; ~13 minutes (782 s measured).
     "quick": Preset("quick", batch_size=16, adapt_steps=80, adapt_lr=2e-4, wid_steps=100, wid_w_step=5,
                     l2_lambda=1500.0,  # 0.7^20 < 1e-3: the last masked entries are dead at step 100
-                    baselines=False, finetune_seeds=(1,), finetune_epochs=1, finetune_lrs=(2e-4,),
+                    baselines=False, finetune_seeds=(1,), finetune_epochs=3, finetune_lrs=(2e-4, 5e-4),
                     eval_instances=96, latency_repeats=5, report_steps=5, save_checkpoint_steps=1000),
     # Tests: a tiny random teacher on a slice of the corpus, every stage in a few seconds.
     "micro": Preset("micro", teacher="tiny", seq_length=32, eval_chapters=1, train_lines=120, eval_instances=16,

@@ -10,7 +10,23 @@ import statistics
 from .files import read_json
 
 LABELS = {"teacher": "teacher (adapted)", "wid": "WID student", "random": "baseline: random init",
-          "pruned": "baseline: magnitude-pruned teacher"}
+          "pruned": "baseline: magnitude-pruned teacher", "kd_distilbert": "KD: DistilBERT-style",
+          "kd_tinybert": "KD: TinyBERT-style", "kd_minilm": "KD: MiniLM-style"}
+
+
+def label(name):
+    if name.endswith("_matched"):
+        return f"{LABELS.get(name[:-len('_matched')], name)}, wall-clock-matched"
+    return LABELS.get(name, name)
+
+
+def training_seconds(demo, name):
+    """The wall-clock cost of producing a student from the adapted teacher (its stages' recorded seconds)."""
+    if name.endswith("_matched"):
+        return read_json(demo.path("matched.json"))["seconds"]
+    parts = {"wid": ("wid", "merge")}.get(name, (name,))
+    seconds = [demo.stage_seconds.get(part) for part in parts]
+    return None if None in seconds else sum(seconds)
 
 
 def collect_results(demo):
@@ -27,7 +43,7 @@ def collect_results(demo):
         seeds = [r["test_acc"] for r in runs.get(best_lr, [])]
         cfg = read_json(config_path)
         models[name] = {
-            "label": LABELS[name], "model_path": os.path.relpath(model_path, demo.run_dir),
+            "label": label(name), "model_path": os.path.relpath(model_path, demo.run_dir),
             "config_path": os.path.relpath(config_path, demo.run_dir),
             "shape": {k: cfg[k] for k in ("hidden_size", "heads_num", "feedforward_size", "layers_num")},
             "params": ev["params"], "params_with_mlm_head": ev["params_with_head"],
@@ -44,7 +60,19 @@ def collect_results(demo):
     if os.path.isfile(pruned_eval):
         extras["pruned_before_training_mlm_acc"] = read_json(pruned_eval)["mlm_acc"]
     held_out = read_json(demo.path("eval", "teacher.json"))
-    return {"preset": dataclasses.asdict(p), "models": models, "extras": extras,
+    for name in models:
+        if name != "teacher":
+            models[name]["training_seconds"] = training_seconds(demo, name)
+    comparison = {}
+    for group in ("teacher", "students"):
+        path = demo.path("glue", group, "results.json")
+        if os.path.isfile(path):
+            comparison[group] = read_json(path)
+    for extra, path in (("matched", demo.path("matched.json")),
+                        ("attention", demo.path("attention", "attention_divergence.json"))):
+        if os.path.isfile(path):
+            comparison[extra] = read_json(path)
+    return {"preset": dataclasses.asdict(p), "models": models, "extras": extras, "comparison": comparison,
             "eval": {"predictions": held_out["predictions"], "instances": held_out["instances"],
                      "seed": held_out["seed"]},
             "latency": {k: v for k, v in latency.items() if k != "ms"},
@@ -62,8 +90,10 @@ def _sentiment_cell(m):
 
 def results_table(results):
     """The README table (markdown) and its notes."""
+    sentiment = bool(results["preset"]["finetune_seeds"])
     rows = ["| model | shape (hidden / heads / FFN / layers) | parameters | CPU latency b=1 | CPU latency b=32 "
-            "| MLM acc (held out) | sentiment test acc |", "|---|---|---|---|---|---|---|"]
+            "| MLM acc (held out) |" + (" sentiment test acc |" if sentiment else ""),
+            "|---|---|---|---|---|---|" + ("---|" if sentiment else "")]
     teacher_params = results["models"]["teacher"]["params"]
     nan = float("nan")
     for name, m in results["models"].items():
@@ -71,16 +101,18 @@ def results_table(results):
         ratio = "" if name == "teacher" else f" ({m['params'] / teacher_params:.0%})"
         rows.append(f"| {m['label']} | {s['hidden_size']} / {s['heads_num']} / {s['feedforward_size']} / "
                     f"{s['layers_num']} | {m['params'] / 1e6:.1f}M{ratio} | {lat.get('1', nan):.1f} ms | "
-                    f"{lat.get('32', nan):.0f} ms | {100 * m['mlm_acc']:.1f}% | {_sentiment_cell(m)} |")
+                    f"{lat.get('32', nan):.0f} ms | {100 * m['mlm_acc']:.1f}% |"
+                    + (f" {_sentiment_cell(m)} |" if sentiment else ""))
     seeds = len(next(iter(results["models"].values()))["sentiment_test_acc"])
     lat = results["latency"]
     notes = [f"Parameters: embeddings + encoder (what a fine-tuned model keeps; the MLM head is not counted). "
              f"Latency: median of {lat.get('repeats')} encoder forwards at sequence length {lat.get('seq_length')}, "
              f"torch.inference_mode, {lat.get('threads')} threads. MLM accuracy: {results['eval']['predictions']} "
-             f"masked tokens of the held-out chapters, the same masks for every model. Sentiment: test accuracy "
-             f"(%), mean ± standard deviation over {seeds} fine-tuning seed(s)"
-             + (f", at the learning rate (of {', '.join(f'{lr:g}' for lr in results['preset']['finetune_lrs'])}) with "
-                f"the best mean dev accuracy." if len(results["preset"]["finetune_lrs"]) > 1 else ".")]
+             f"masked tokens of the held-out chapters, the same masks for every model."
+             + (f" Sentiment: test accuracy (%), mean ± standard deviation over {seeds} fine-tuning seed(s)"
+                + (f", at the learning rate (of {', '.join(f'{lr:g}' for lr in results['preset']['finetune_lrs'])}) "
+                   f"with the best mean dev accuracy." if len(results["preset"]["finetune_lrs"]) > 1 else ".")
+                if sentiment else "")]
     ex = results["extras"]
     if "frozen_encoder_head_mlm_acc" in ex:
         notes.append(f"An MLM head trained on the frozen teacher encoder reaches "
@@ -89,6 +121,58 @@ def results_table(results):
         notes.append(f"The magnitude-pruned teacher before its training steps: "
                      f"{100 * ex['pruned_before_training_mlm_acc']:.1f}%.")
     return "\n".join(rows) + "\n\n" + " ".join(notes)
+
+
+def comparison_table(results):
+    """The GLUE/SQuAD comparison (markdown) when the glue stage ran, else None: one row per model with its
+    tasks (mean ± std over seeds), GLUE average and its share of the teacher's, SQuAD, size, latency and the
+    wall-clock its compression took."""
+    from tencentpretrain.tasks.suite import GLUE_TASKS, TASKS
+    from tencentpretrain.tasks.suite_report import column_tasks, footer
+    comp = results.get("comparison", {})
+    if "teacher" not in comp and "students" not in comp:
+        return None
+    glue = {name: m for group in ("teacher", "students") for name, m in comp.get(group, {}).get("models", {}).items()}
+    tasks = column_tasks({"models": glue})
+    glue_tasks = [t for t in tasks if t in GLUE_TASKS]
+    teacher_avg = (glue.get("teacher", {}).get("glue_average") or {}).get("mean")
+    head = (["model", "params"] + [f"{t} ({'/'.join(TASKS[t].shown)})" for t in glue_tasks]
+            + ["GLUE avg", "% of teacher"] + [f"{t} (EM/F1)" for t in tasks if t not in glue_tasks]
+            + ["latency b=32", "compression"])
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    nan = float("nan")
+    for name, m in results["models"].items():
+        g = glue.get(name, {"tasks": {}})
+        cells = [m["label"], f"{m['params'] / 1e6:.1f}M"]
+        for t in tasks:
+            summary = g["tasks"].get(t)
+            if summary is None:
+                cell = "-"
+            else:
+                means = "/".join(f"{summary['mean'][k]:.1f}" for k in TASKS[t].shown)
+                cell = means + (f" ± {summary['std']['score']:.1f}" if len(summary["seeds"]) > 1 else "")
+            cells.append(cell)
+            if glue_tasks and t == glue_tasks[-1]:
+                avg = g.get("glue_average")
+                cells.append("-" if not avg else f"**{avg['mean']:.1f}**" + (f" ± {avg['std']:.1f}" if len(avg["per_seed"]) > 1 else ""))
+                cells.append("-" if not (avg and teacher_avg) else f"{100 * avg['mean'] / teacher_avg:.1f}%")
+        seconds = m.get("training_seconds")
+        cells += [f"{m['latency_ms'].get('32', nan):.0f} ms", "-" if seconds is None else f"{seconds:.0f} s"]
+        rows.append("| " + " | ".join(cells) + " |")
+    some = comp.get("students") or comp.get("teacher")
+    lrs = {g: comp[g]["settings"]["learning_rate"] for g in ("teacher", "students") if g in comp}
+    notes = [footer(some, glue_tasks, set(), False),
+             "Fine-tuning learning rate: " + ", ".join(f"{g} {lr:g}" for g, lr in lrs.items()) + ". "
+             "compression: wall-clock seconds from the adapted teacher to the student (WID: compacted training + "
+             f"merge; KD: teacher and student together; every method {results['preset']['wid_steps']} steps of "
+             f"batch {results['preset']['batch_size']} x {results['preset']['seq_length']} tokens unless matched)."]
+    if "matched" in comp:
+        mt = comp["matched"]
+        notes.append(f"Wall-clock-matched: the two best students at the same steps were {mt['best'][0]} and "
+                     f"{mt['best'][1]}; {mt['method']} took {mt['seconds_at_same_steps'][mt['method']]:.0f} s, so it "
+                     f"was trained again for {mt['steps']} steps to fill the other's "
+                     f"{mt['budget_seconds']:.0f} s.")
+    return "\n".join(rows) + "\n\n" + "\n".join(notes)
 
 
 REPORT_LINE = re.compile(r"\|\s*step\s+(\d+)/\d+\s*\|\s*loss\s+([0-9.]+)")
@@ -165,12 +249,13 @@ def plot_wid(mask_log_path, logs_dir, out_path, preset, schedule_steps=None):
 
 
 def publish(run_dir, dest):
-    """Copy the small artefacts (results.json, results.md, wid_plot.png) to `dest`."""
+    """Copy the small artefacts (results.json, results.md, the plots) to `dest`."""
     os.makedirs(dest, exist_ok=True)
     copied = []
-    for name in ("results.json", "results.md", "wid_plot.png"):
+    for name in ("results.json", "results.md", "wid_plot.png", os.path.join("attention", "attention_divergence.png")):
         src = os.path.join(run_dir, name)
         if os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(dest, name))
-            copied.append(os.path.join(dest, name))
+            out = os.path.join(dest, os.path.basename(name))
+            shutil.copyfile(src, out)
+            copied.append(out)
     return copied

@@ -36,20 +36,42 @@ class Demo:
         out += [("wid", st.wid), ("merge", st.merge)]
         if p.baselines:
             out += [("random", st.random_init), ("pruned", st.pruned)]
-        out += [("evaluate", st.evaluate), ("finetune", st.finetune), ("latency", st.latency),
-                ("report", st.report)]
+        out += [(f"kd_{recipe}", lambda demo, r=recipe: st.kd_student(demo, r)) for recipe in p.kd_recipes]
+        out += [("evaluate", st.evaluate), ("finetune", st.finetune)]
+        if p.glue_args:
+            out.append(("glue", st.glue))
+            if p.matched:
+                out.append(("matched", st.matched))
+        out.append(("latency", st.latency))
+        if p.attention:
+            out.append(("attention", st.attention))
+        out.append(("report", st.report))
         return [(name, lambda fn=fn: fn(self)) for name, fn in out]
 
+    def students(self, matched=True):
+        """The compared students in table order (the wall-clock-matched variant last, once trained)."""
+        names = ["wid"] + (["random", "pruned"] if self.preset.baselines else [])
+        names += [f"kd_{recipe}" for recipe in self.preset.kd_recipes]
+        record = self.path("matched.json")
+        if matched and os.path.isfile(record):
+            names.append(read_json(record)["name"])
+        return names
+
     def models(self):
-        names = ["teacher", "wid"] + (["random", "pruned"] if self.preset.baselines else [])
-        return {n: self.model_files(n) for n in names}
+        return {n: self.model_files(n) for n in ["teacher"] + self.students()}
 
     def model_files(self, name):
-        """(weights, config) of a compared model."""
-        return {"teacher": (self.path("adapt", "teacher.bin"), self.path("teacher", "teacher_config.json")),
-                "wid": (self.path("wid", "student.bin"), self.path("wid", "student_config.json")),
-                "random": (self.path("random", "student.bin"), self.path("student_config.json")),
-                "pruned": (self.path("pruned", "student.bin"), self.path("pruned", "pruned_init_config.json"))}[name]
+        """(weights, config) of a compared model; `<method>_matched` is that method's wall-clock-matched run."""
+        if name == "teacher":
+            return self.path("adapt", "teacher.bin"), self.path("teacher", "teacher_config.json")
+        method = name[:-len("_matched")] if name.endswith("_matched") else name
+        if method == "wid":
+            return self.path(name, "student.bin"), self.path(name, "student_config.json")
+        if method == "pruned":
+            return self.path(name, "student.bin"), self.path("pruned", "pruned_init_config.json")
+        if method == "random" or method.startswith("kd_"):
+            return self.path(name, "student.bin"), self.path("student_config.json")
+        raise KeyError(name)
 
     def finetune_path(self, name, lr, seed):
         return self.path("finetune", f"{name}_lr{lr:g}_seed{seed}.json")
@@ -88,8 +110,12 @@ class Demo:
                "--save_checkpoint_steps", str(p.save_checkpoint_steps), "--seed", "7", "--resume"]
         if init:
             cmd += ["--pretrained_model_path", init]
-        log = self.path("logs", f"{stage}.log")
         os.makedirs(os.path.dirname(output), exist_ok=True)
+        self.run_logged(stage, cmd, "pretrain.py", "Re-running the demo resumes from the last checkpoint.")
+
+    def run_logged(self, stage, cmd, what, on_failure):
+        """Run `cmd` at self.threads threads, its output on the terminal and appended to logs/<stage>.log."""
+        log = self.path("logs", f"{stage}.log")
         with open(log, "a", encoding="utf-8") as f:
             f.write("$ " + shlex.join(cmd) + "\n")
         print("  $ " + shlex.join(cmd), flush=True)
@@ -101,5 +127,4 @@ class Demo:
                 f.flush()
                 print("  " + line.rstrip(), flush=True)
         if proc.returncode != 0:
-            raise UserError(f"stage {stage}: pretrain.py exited with status {proc.returncode}; see {log}. "
-                            f"Re-running the demo resumes from the last checkpoint.")
+            raise UserError(f"stage {stage}: {what} exited with status {proc.returncode}; see {log}. {on_failure}")

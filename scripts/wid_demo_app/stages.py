@@ -8,10 +8,15 @@ outputs already exist, so that re-running the same command resumes.
     wid       WID from the adapted teacher to hidden 192 (12 heads x 16, FFN 768); merge: the dense student
     random    (random_init) baseline: a student of the same shape from random init, same MLM steps and batch
     pruned    baseline: the adapted teacher pruned once by weight magnitude, same MLM steps and batch
+    kd_<r>    (compare) baseline: a random-init student distilled from the adapted teacher with KD recipe r
+              (distilbert, tinybert, minilm: the kd blocks of models/kd/), same steps and batch
     evaluate  masked-token accuracy on the held-out chapters (fixed masks, same for every model)
     finetune  sentiment classification (datasets/sentiment) per model, learning rate and seed
+    glue      (compare) GLUE tasks and SQuAD per model and seed through scripts/benchmark_glue.py
+    matched   (compare) the cheaper of the two best students trained again to the other's wall-clock
     latency   CPU latency of the encoder at batch 1 and 32, sequence length 128
-    report    results.json, results.md (the table) and wid_plot.png (loss and kept widths over WID)
+    attention (compare) per-layer attention divergence of every student from the teacher, heat-map
+    report    results.json, results.md (the tables) and wid_plot.png (loss and kept widths over WID)
 
 Pre-training runs as pretrain.py subprocesses (Demo.pretrain); the rest are library calls in this process.
 """
@@ -25,7 +30,7 @@ from tencentpretrain.utils.io import atomic_write, write_json
 from .files import Tee, read_json, split_corpus
 from .finetune import finetune_sentiment
 from .presets import TINY_TEACHER, minilm_dir
-from .report import collect_results, plot_wid, results_table
+from .report import collect_results, comparison_table, plot_wid, results_table, training_seconds
 
 
 def teacher(demo):
@@ -127,30 +132,31 @@ def wid_schedule_steps(cfg):
     return plan_geometry(load_model_config(None, cfg)).schedule_steps
 
 
-def wid(demo):
-    out = demo.path("wid", "compacted.bin")
+def wid(demo, name="wid", steps=None):
+    out = demo.path(name, "compacted.bin")
     if os.path.isfile(out):
         return "skipped"
     p = demo.preset
+    steps = steps or p.wid_steps
     cfg = wid_config(p, read_json(demo.path("teacher", "teacher_config.json")))
     schedule_steps = wid_schedule_steps(cfg)
-    if p.wid_steps <= schedule_steps:
-        raise UserError(f"preset {p.name}: wid_steps {p.wid_steps} must exceed the mask schedule "
+    if steps <= schedule_steps:
+        raise UserError(f"preset {p.name}: wid_steps {steps} must exceed the mask schedule "
                         f"({schedule_steps} steps)")
-    config = demo.path("wid", "wid_config.json")
+    config = demo.path(name, "wid_config.json")
     write_json(config, cfg)
     # Constant lr after warmup: the pull on masked entries (lr_c * l2_lambda per step) stays strong
     # until the end, so the last masked coordinates are dead before the merge.
-    demo.pretrain("wid", demo.path("data", "train.tpd"), config, demo.path("adapt", "teacher.bin"),
-                  out, p.wid_steps, p.wid_lr, warmup=0.05, scheduler="constant_with_warmup")
+    demo.pretrain(name, demo.path("data", "train.tpd"), config, demo.path("adapt", "teacher.bin"),
+                  out, steps, p.wid_lr, warmup=0.05, scheduler="constant_with_warmup")
 
 
-def merge(demo):
+def merge(demo, name="wid"):
     from tencentpretrain.wid.merge import merge_checkpoint
-    out, config = demo.model_files("wid")
+    out, config = demo.model_files(name)
     if os.path.isfile(out) and os.path.isfile(config):
         return "skipped"
-    _, cfg = merge_checkpoint(demo.path("wid", "compacted.bin"), demo.path("wid", "wid_config.json"), out, config)
+    _, cfg = merge_checkpoint(demo.path(name, "compacted.bin"), demo.path(name, "wid_config.json"), out, config)
     print(f"  student: hidden {cfg['hidden_size']}, {cfg['heads_num']} heads, FFN {cfg['feedforward_size']} "
           f"-> {out}", flush=True)
 
@@ -165,18 +171,44 @@ def _student_config(demo):
     return path
 
 
-def random_init(demo):
-    out = demo.path("random", "student.bin")
+def random_init(demo, name="random", steps=None):
+    out = demo.path(name, "student.bin")
     if os.path.isfile(out):
         return "skipped"
     p = demo.preset
-    demo.pretrain("random", demo.path("data", "train.tpd"), _student_config(demo), None, out,
-                  p.wid_steps, p.random_lr)
+    demo.pretrain(name, demo.path("data", "train.tpd"), _student_config(demo), None, out,
+                  steps or p.wid_steps, p.random_lr)
 
 
-def pruned(demo):
+def kd_config(demo, recipe):
+    """A KD student's config: the baselines' shape plus the kd block of the shipped recipe
+    (models/kd/minilm_l6_to_192_<recipe>.json), its teacher the adapted teacher."""
+    shipped = os.path.join(repo_root(), "models", "kd", f"minilm_l6_to_192_{recipe}.json")
+    if not os.path.isfile(shipped):
+        raise UserError(f"preset {demo.preset.name}: no KD recipe {recipe!r} ({shipped} is missing)")
+    cfg = read_json(_student_config(demo))
+    cfg["kd"] = {**read_json(shipped)["kd"], "teacher_config_path": demo.path("teacher", "teacher_config.json"),
+                 "teacher_model_path": demo.path("adapt", "teacher.bin")}
+    path = demo.path(f"kd_{recipe}_config.json")
+    write_json(path, cfg)
+    return path
+
+
+def kd_student(demo, recipe, name=None, steps=None):
+    """A random-init student of the baselines' shape distilled from the adapted teacher with one KD recipe,
+    the same steps and batch as WID."""
+    name = name or f"kd_{recipe}"
+    out = demo.path(name, "student.bin")
+    if os.path.isfile(out):
+        return "skipped"
+    p = demo.preset
+    demo.pretrain(name, demo.path("data", "train.tpd"), kd_config(demo, recipe), None, out,
+                  steps or p.wid_steps, p.kd_lr)
+
+
+def pruned(demo, name="pruned", steps=None):
     from tencentpretrain.pruning import prune_checkpoint
-    out = demo.path("pruned", "student.bin")
+    out = demo.path(name, "student.bin")
     if os.path.isfile(out):
         return "skipped"
     p = demo.preset
@@ -187,8 +219,8 @@ def pruned(demo):
         print(f"  pruned by weight magnitude: kept {len(result.kept['S'])} stream dims, "
               f"{len(result.kept['A.0'])} attention dims and {len(result.kept['F.0'])} FFN dims per layer",
               flush=True)
-    demo.pretrain("pruned", demo.path("data", "train.tpd"), demo.path("pruned", "pruned_init_config.json"),
-                  init, out, p.wid_steps, p.pruned_lr)
+    demo.pretrain(name, demo.path("data", "train.tpd"), demo.path("pruned", "pruned_init_config.json"),
+                  init, out, steps or p.wid_steps, p.pruned_lr)
 
 
 def evaluate(demo):
@@ -233,10 +265,94 @@ def finetune(demo):
     return "skipped" if skipped else None
 
 
+def _glue_run(demo, group, names, lr):
+    """scripts/benchmark_glue.py on `names` (one learning rate for the group) into glue/<group>/; finished
+    cells are kept, so a re-run resumes. Returns its results.json (None when it wrote none)."""
+    out = demo.path("glue", group)
+    results = os.path.join(out, "results.json")
+    if os.path.isfile(results):
+        done = read_json(results)
+        if done.get("finished") and set(names) <= set(done["models"]):
+            return done
+    cmd = [demo.python, os.path.join(repo_root(), "scripts", "benchmark_glue.py"), *demo.preset.glue_args,
+           "--learning_rate", str(lr), "--output_dir", out]
+    for name in names:
+        weights, config = demo.model_files(name)
+        cmd += ["--model", f"{name}={weights}:{config}"]
+    demo.run_logged("glue", cmd, "benchmark_glue.py", "Re-running the demo keeps the finished cells.")
+    return read_json(results) if os.path.isfile(results) else None
+
+
+def glue(demo):
+    """Every model fine-tuned and scored on the GLUE tasks and SQuAD (the preset's glue_args): the teacher
+    at glue_teacher_lr, every student at glue_student_lr."""
+    p = demo.preset
+    _glue_run(demo, "teacher", ["teacher"], p.glue_teacher_lr)
+    _glue_run(demo, "students", demo.students(matched=False), p.glue_student_lr)
+
+
+def _train(demo, method, name, steps):
+    if method == "wid":
+        wid(demo, name, steps)
+        merge(demo, name)
+    elif method == "random":
+        random_init(demo, name, steps)
+    elif method == "pruned":
+        pruned(demo, name, steps)
+    else:
+        kd_student(demo, method[len("kd_"):], name, steps)
+
+
+def matched(demo):
+    """The wall-clock-matched variant: of the two students with the best GLUE average, the one that took
+    less time is trained again for as many steps as fit in the other's time, then evaluated like the rest."""
+    import time
+    p = demo.preset
+    record, plan_path = demo.path("matched.json"), demo.path("matched_plan.json")
+    if os.path.isfile(record) or os.path.isfile(plan_path):  # resuming: the plan stands
+        plan = read_json(record if os.path.isfile(record) else plan_path)
+    else:
+        summary = read_json(demo.path("glue", "students", "results.json"))["models"]
+        scored = [n for n in demo.students(matched=False) if (summary.get(n) or {}).get("glue_average")]
+        if len(scored) < 2:
+            raise UserError("stage matched: fewer than two students have a GLUE average; run the glue stage first")
+        best = sorted(scored, key=lambda n: summary[n]["glue_average"]["mean"], reverse=True)[:2]
+        costs = {n: training_seconds(demo, n) for n in best}
+        if None in costs.values():
+            raise UserError(f"stage matched: no recorded training time for {best} in stage_seconds.json")
+        cheap, dear = sorted(best, key=costs.get)
+        steps = max(1, round(p.wid_steps * costs[dear] / costs[cheap]))
+        plan = {"best": best, "seconds_at_same_steps": costs, "budget_seconds": costs[dear], "method": cheap,
+                "name": f"{cheap}_matched", "steps": steps}
+        print(f"  two best students by GLUE average: {best[0]}, {best[1]}; {cheap} took {costs[cheap]:.0f} s "
+              f"for {p.wid_steps} steps, {dear} {costs[dear]:.0f} s: {cheap} again for {steps} steps", flush=True)
+        write_json(plan_path, plan)
+    if not os.path.isfile(record):
+        start = time.time()
+        _train(demo, plan["method"], plan["name"], plan["steps"])
+        write_json(record, {**plan, "seconds": time.time() - start})
+    evaluate(demo)
+    _glue_run(demo, "students", demo.students(), p.glue_student_lr)
+
+
+def attention(demo):
+    """Per-layer Jensen-Shannon divergence of every student's attention from the teacher's on the held-out
+    chapters (tencentpretrain/analysis), with its heat-map."""
+    from tencentpretrain.analysis.attention_cli import run_attention_divergence
+    out = demo.path("attention")
+    if os.path.isfile(os.path.join(out, "attention_divergence.json")):
+        return "skipped"
+    models = demo.models()
+    teacher_files = models.pop("teacher")
+    run_attention_divergence(teacher_files, models, demo.path("data", "eval.tpd"), out,
+                             max_instances=demo.preset.eval_instances or 64, seq_length=demo.preset.seq_length,
+                             seed=7, log=lambda msg: print("  " + msg, flush=True))
+
+
 def latency(demo):
     from tencentpretrain.evaluation import load_model, measure_latency
     out = demo.path("latency.json")
-    if os.path.isfile(out):
+    if os.path.isfile(out) and set(demo.models()) <= set(read_json(out)["ms"]):
         return "skipped"
     p = demo.preset
     models = {name: load_model(c, m) for name, (m, c) in demo.models().items()}
@@ -252,6 +368,13 @@ def report(demo):
     results = collect_results(demo)
     write_json(demo.path("results.json"), results)
     table = results_table(results)
+    comparison = comparison_table(results)
+    if comparison:
+        table += "\n\n## GLUE and SQuAD\n\n" + comparison
+    attention_table = demo.path("attention", "attention_divergence.md")
+    if os.path.isfile(attention_table):
+        with open(attention_table, encoding="utf-8") as f:
+            table += "\n\n## Attention divergence from the teacher\n\n" + f.read().strip()
     with atomic_write(demo.path("results.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     print(table, flush=True)

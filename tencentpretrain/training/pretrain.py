@@ -78,6 +78,10 @@ def training_opts(parser):
     d.add_argument("--master_ip", default="tcp://localhost:12345", help="rendezvous address")
     d.add_argument("--backend", choices=("nccl", "gloo"), default=None,
                    help="default: nccl on GPU, gloo on CPU")
+    d.add_argument("--zero_optimizer", action="store_true",
+                   help="shard the optimizer state over the data-parallel processes (ZeRO stage 1, as "
+                        "TencentPretrain's --deepspeed ZeRO configs): each keeps Adam's moments for 1/N of the "
+                        "parameters; same updates and checkpoints; no effect in one process (docs/performance.md)")
     return g
 
 
@@ -127,7 +131,8 @@ def train_config_from_args(args):
         scheduler=args.scheduler, optimizer=args.optimizer, bias_correction=args.bias_correction,
         max_grad_norm=args.max_grad_norm, precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         report_steps=args.report_steps, save_checkpoint_steps=args.save_checkpoint_steps,
-        output_model_path=args.output_model_path, seed=args.seed, tensorboard_dir=args.tensorboard_dir)
+        output_model_path=args.output_model_path, seed=args.seed, tensorboard_dir=args.tensorboard_dir,
+        zero_optimizer=args.zero_optimizer)
 
 
 def check_dataset(dataset_path, model_cfg, verify_all=False):

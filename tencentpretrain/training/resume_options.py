@@ -33,6 +33,8 @@ TRAIN_OPTIONS = {
     "save_checkpoint_steps": (APPLY, "checkpoints at the new interval"),
     "output_model_path": (APPLY, "checkpoints go to the new path"),
     "tensorboard_dir": (APPLY, "the event log goes to the new folder"),
+    "zero_optimizer": (APPLY, "checkpoints hold the full optimizer state either way; sharding only changes "
+                              "where it is kept between saves"),
     "accumulation_steps": (REFUSE, "it changes what one step trains on and the data position"),
     "seed": (REFUSE, "the random states come from the checkpoint, so a new seed would be ignored"),
     "scheduler": (REFUSE, "the schedule's shape would change in mid-run"),

@@ -1,6 +1,8 @@
 """The training loop: one optimizer step = accumulate micro-batches, check the loss, callbacks, clip,
 step, schedule, report, save. Works the same on CPU, one GPU and under DDP (see distributed.py).
 Extension points are the callbacks in callbacks.py and parameter-group claims in optim.py.
+With `zero_optimizer` under DDP each rank keeps and steps the optimizer state of its share of the
+parameters only (zero.py); checkpoints hold the full state either way.
 
 Checkpoints: a pair `<output_model_path>-<step>` at every multiple of `save_checkpoint_steps` and at the
 last step; at the end `<output_model_path>` is linked to the last pair (see checkpoint.link_final).
@@ -30,6 +32,7 @@ from tencentpretrain.training.distributed import DistEnv, all_gather_objects, al
 from tencentpretrain.training.events import EventLog
 from tencentpretrain.training.optim import build_optimizer, build_param_groups, build_scheduler
 from tencentpretrain.training.report import Meter
+from tencentpretrain.training.zero import StateSharder
 from tencentpretrain.utils import runtime
 from tencentpretrain.utils.log import info
 
@@ -55,6 +58,7 @@ class TrainConfig:
     output_model_path: str = None      # None: save nothing
     tensorboard_dir: str = None        # None: no TensorBoard event log
     seed: int = 7
+    zero_optimizer: bool = False       # shard the optimizer state over data-parallel ranks (zero.py)
 
 
 class NonFiniteLossError(UserError):
@@ -94,6 +98,11 @@ class Trainer:
         if env.distributed:  # broadcasts rank 0's parameters to every rank
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+        # --zero_optimizer: each rank keeps and steps the optimizer state of its share of the parameters
+        self.sharder = StateSharder(self.optimizer, env) if cfg.zero_optimizer and env.distributed else None
+        if cfg.zero_optimizer and not env.distributed:
+            self.log("note: --zero_optimizer has no effect in a single process (there is no other rank to share "
+                     "the optimizer state with); the run is the same as without it", flush=True)
         self.step = 0
         self.last_loss = None  # the last step's loss (averaged over micro-batches and ranks)
         self.last_checkpoint = None  # the newest pair written or resumed from
@@ -140,7 +149,10 @@ class Trainer:
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             lr = self.lr()
-            self.scaler.step(self.optimizer)
+            if self.sharder is not None:  # steps this rank's share, then shares the updated weights
+                self.sharder.step(lambda: self.scaler.step(self.optimizer))
+            else:
+                self.scaler.step(self.optimizer)
             self.scaler.update()
             # Once per optimizer step. TencentPretrain steps its scheduler after every micro-batch, so
             # with --accumulation_steps N its warmup and decay ran N times too fast (a bug not kept).
@@ -214,6 +226,8 @@ class Trainer:
         env, cfg = self.env, self.cfg
         where = f"{env.world_size} processes ({env.backend}) on {env.device.type}" if env.distributed \
             else str(env.device)
+        if self.sharder is not None:
+            where += " (optimizer state sharded: --zero_optimizer)"
         self.log(f"training {n / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trainable) on {where}, "
                  f"{cfg.precision}, accumulation {cfg.accumulation_steps}, steps {self.step + 1}..{cfg.total_steps}, "
                  f"optimizer groups: " + ", ".join(f"{g['name']}(lr {g['initial_lr']:.1e}, wd {g['weight_decay']}, "
@@ -238,12 +252,14 @@ class Trainer:
                                      f"written. Last good checkpoint: {self.last_checkpoint or 'none'}.")
         loader_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
         ranks = all_gather_objects({"rng": ckpt.rng_state(), "loader": loader_state}, self.env)
+        # Sharded: gathered on rank 0 into the dict an unsharded run saves (a collective).
+        optimizer_state = self.sharder.state_dict() if self.sharder is not None else None
         if not self.env.is_main:
             self.last_checkpoint = model_path
             return
         state = {
             "format": ckpt.FORMAT, "step": self.step, "world_size": self.env.world_size,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": optimizer_state or self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "ranks": ranks,
             "callbacks": {cb.key(): sd for cb in self.callbacks if (sd := cb.state_dict()) is not None},
             "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
@@ -279,7 +295,7 @@ class Trainer:
         load_model_weights(self.model, model_path)
         configured = {g.get("name"): (g["initial_lr"], g["weight_decay"]) for g in self.optimizer.param_groups}
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            (self.sharder or self.optimizer).load_state_dict(state["optimizer"])
         except ValueError as err:
             raise UserError(f"{ckpt.state_path(model_path)}: the optimizer state does not fit this run's "
                             f"parameter groups ({err}); resume with the same model config and plugins") from None
