@@ -7,6 +7,8 @@ import re
 import shutil
 import statistics
 
+from tencentpretrain.tasks.suite_report import _cell as task_cell
+
 from .files import read_json
 
 LABELS = {"teacher": "teacher (adapted)", "wid": "WID student", "random": "baseline: random init",
@@ -144,18 +146,12 @@ def comparison_table(results):
     for name, m in results["models"].items():
         g = glue.get(name, {"tasks": {}})
         cells = [m["label"], f"{m['params'] / 1e6:.1f}M"]
-        for t in tasks:
-            summary = g["tasks"].get(t)
-            if summary is None:
-                cell = "-"
-            else:
-                means = "/".join(f"{summary['mean'][k]:.1f}" for k in TASKS[t].shown)
-                cell = means + (f" ± {summary['std']['score']:.1f}" if len(summary["seeds"]) > 1 else "")
-            cells.append(cell)
-            if glue_tasks and t == glue_tasks[-1]:
-                avg = g.get("glue_average")
-                cells.append("-" if not avg else f"**{avg['mean']:.1f}**" + (f" ± {avg['std']:.1f}" if len(avg["per_seed"]) > 1 else ""))
-                cells.append("-" if not (avg and teacher_avg) else f"{100 * avg['mean'] / teacher_avg:.1f}%")
+        cells += [_task_cell(g, t) for t in glue_tasks]
+        if glue_tasks:
+            avg = g.get("glue_average")
+            cells.append("-" if not avg else f"**{avg['mean']:.1f}**" + (f" ± {avg['std']:.1f}" if len(avg["per_seed"]) > 1 else ""))
+            cells.append("-" if not (avg and teacher_avg) else f"{100 * avg['mean'] / teacher_avg:.1f}%")
+        cells += [_task_cell(g, t) for t in tasks if t not in glue_tasks]
         seconds = m.get("training_seconds")
         cells += [f"{m['latency_ms'].get('32', nan):.0f} ms", "-" if seconds is None else f"{seconds:.0f} s"]
         rows.append("| " + " | ".join(cells) + " |")
@@ -173,6 +169,11 @@ def comparison_table(results):
                      f"was trained again for {mt['steps']} steps to fill the other's "
                      f"{mt['budget_seconds']:.0f} s.")
     return "\n".join(rows) + "\n\n" + "\n".join(notes)
+
+
+def _task_cell(glue_model, task):
+    summary = glue_model["tasks"].get(task)
+    return "-" if summary is None else task_cell(summary, task)
 
 
 REPORT_LINE = re.compile(r"\|\s*step\s+(\d+)/\d+\s*\|\s*loss\s+([0-9.]+)")
