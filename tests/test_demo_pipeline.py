@@ -111,6 +111,21 @@ def test_preset_overrides_are_checked():
         preset_with("huge", {})
 
 
+def test_pretrain_bf16_puts_every_pretraining_stage_under_autocast(tmp_path, monkeypatch):
+    """--set pretrain_bf16=true: every pretrain.py run of the demo (adapt, WID, KD, pruning, random all go
+    through Demo.pretrain) gets --bf16; the shipped presets stay fp32; a non-boolean value is refused."""
+    commands = {}
+    for value in (True, False):
+        demo = Demo(preset_with("micro", {"pretrain_bf16": value}), str(tmp_path))
+        monkeypatch.setattr(demo, "run_logged", lambda stage, cmd, *rest, v=value: commands.setdefault(v, cmd))
+        demo.pretrain("adapt", "train.tpd", "config.json", "init.bin", str(tmp_path / "adapt" / "m.bin"), 3, 1e-4)
+    assert commands[True].count("--bf16") == 1 and "--bf16" not in commands[False]
+    assert [c for c in commands[True] if c != "--bf16"] == commands[False]
+    assert not any(preset_with(name, {}).pretrain_bf16 for name in ("micro", "smoke", "quick", "full", "compare"))
+    with pytest.raises(UserError, match="pretrain_bf16: expected true or false, got 'yes'"):
+        preset_with("quick", {"pretrain_bf16": "yes"})
+
+
 def test_smoke_preset_runs_every_stage_of_the_quick_start_briefly():
     """CI runs `scripts/quickstart.sh --preset smoke`: the real teacher and the quick start's stages, few steps."""
     smoke, quick = preset_with("smoke", {}), preset_with("quick", {})

@@ -63,6 +63,26 @@ def test_classifier_head_reads_the_pooled_vector():
         assert not torch.allclose(model(src, SEG), manual, atol=1e-3)
 
 
+def test_regression_scores_stay_fp32_under_bf16_autocast():
+    """A bf16 score keeps ~3 significant digits: close scores would tie and a correlation would read 0.
+    The regression head's last projection runs in fp32; a classifier's logits stay under autocast."""
+    cfg = load_model_config(TINY_CONFIG, {"layers_num": 1, "vocab_size": 50})
+    torch.manual_seed(0)
+    regressor, classifier = Classifier(cfg, 1).eval(), Classifier(cfg, 3).eval()
+    with torch.no_grad():  # scores near 2.5 apart by ~1e-3: bf16's step there is 2^-6
+        regressor.output_layer_2.weight.mul_(1e-3)
+        regressor.output_layer_2.bias.fill_(2.5)
+    src = torch.tensor([[2, 7, 9, 0, 0], [2, 5, 6, 8, 0], [2, 4, 4, 4, 3]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = regressor(src, SEG)
+        pooled = torch.tanh(regressor.output_layer_1(_manual(regressor.encoder(regressor.embedding(src, SEG), SEG),
+                                                             "first")))
+        assert classifier(src, SEG).dtype == torch.bfloat16
+    assert scores.dtype == torch.float32 and scores.shape == (3, 1)
+    assert len(set(scores.squeeze(-1).tolist())) == 3  # no ties
+    torch.testing.assert_close(scores, regressor.output_layer_2(pooled.float()).detach(), rtol=0, atol=1e-6)
+    assert len(set(scores.to(torch.bfloat16).squeeze(-1).tolist())) < 3  # what bf16 scores would have been
+
 @pytest.fixture(scope="module")
 def mean_model(tmp_path_factory):
     """A classifier fine-tuned with "pooling": "mean" from its config file (no --pooling flag)."""

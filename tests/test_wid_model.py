@@ -111,6 +111,34 @@ def test_masked_layer_norm_uses_kept_coordinates_only(kind):
     assert torch.allclose(norm(x)[..., keep], small(x[..., keep]), atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["normal", "normal_torch"])
+def test_masked_layer_norm_statistics_are_fp32_under_bf16_autocast(kind):
+    """A bf16 input under autocast: the masked statistics are taken in fp32 (exactly the fp32 result, rounded
+    once at most) and the output has the dtype the unmasked branch (the merged student's LayerNorm) gives."""
+    from tencentpretrain.wid.groups import MaskGroup
+    torch.manual_seed(0)
+    norm = MaskedLayerNorm(384, kind, 1e-6)
+    group = MaskGroup("S", "stream", 384, 192)
+    norm.group = (group,)
+    keep = torch.ones(384, dtype=torch.bool)
+    keep[::7] = False
+    group.keep.copy_(keep)
+    group.refresh()
+    x = torch.randn(4, 16, 384) * 3 + 1
+    x[..., 5] *= 20  # an outlier coordinate, as trained BERTs have
+    x = x.bfloat16()
+    exact = norm(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = norm(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        group.keep.fill_(True)
+        group.refresh()
+        unmasked_dtype = norm(x).dtype
+    assert exact.dtype == torch.float32 and got.dtype == unmasked_dtype
+    assert got.dtype == (torch.bfloat16 if kind == "normal_torch" else torch.float32)
+    assert torch.equal(got, exact.to(got.dtype))
+
+
 def test_wid_encoder_needs_a_wid_block():
     d = wid_dict()
     d.pop("wid")

@@ -110,6 +110,8 @@ class Demo:
                "--save_checkpoint_steps", str(p.save_checkpoint_steps), "--seed", "7", "--resume"]
         if init:
             cmd += ["--pretrained_model_path", init]
+        if p.pretrain_bf16:
+            cmd.append("--bf16")
         os.makedirs(os.path.dirname(output), exist_ok=True)
         self.run_logged(stage, cmd, "pretrain.py", "Re-running the demo resumes from the last checkpoint.")
 

@@ -55,8 +55,13 @@ class Classifier(nn.Module):
 
     def forward(self, src, seg):
         hidden = self.encoder(self.embedding(src, seg), seg)
-        pooled = torch.tanh(self.output_layer_1(pool(hidden, seg, self.pooling)))
-        return self.output_layer_2(self.dropout(pooled))
+        pooled = self.dropout(torch.tanh(self.output_layer_1(pool(hidden, seg, self.pooling))))
+        if self.labels_num == 1:
+            # A regression score is the output itself: under bf16 autocast it would keep ~3 significant
+            # digits, and close scores would tie (a correlation metric then reads 0). Computed in fp32.
+            with torch.autocast(pooled.device.type, enabled=False):
+                return self.output_layer_2(pooled.float())
+        return self.output_layer_2(pooled)
 
 
 class SpanQA(nn.Module):

@@ -38,10 +38,13 @@ class MaskedLayerNorm(nn.Module):
             std = x.std(-1, keepdim=True)
             return self.gamma * (x - mean) / (std + self.eps) + self.beta
         k, n = kept
-        k = k.to(x.dtype)
+        # Statistics in fp32 even under bf16/fp16 autocast (not summed and rounded in bf16); the output has
+        # the unmasked branch's dtype: F.layer_norm keeps the input's, the "normal" formula promotes to gamma's.
+        dtype = x.dtype if self.kind == "normal_torch" else torch.promote_types(x.dtype, self.gamma.dtype)
+        x = x.float()
         mean = (x * k).sum(-1, keepdim=True) / n
         centred = x - mean
         sq = (centred.square() * k).sum(-1, keepdim=True)
         if self.kind == "normal_torch":
-            return self.gamma * centred * torch.rsqrt(sq / n + self.eps) + self.beta
-        return self.gamma * centred / (torch.sqrt(sq / max(n - 1, 1)) + self.eps) + self.beta
+            return (self.gamma * centred * torch.rsqrt(sq / n + self.eps) + self.beta).to(dtype)
+        return (self.gamma * centred / (torch.sqrt(sq / max(n - 1, 1)) + self.eps) + self.beta).to(dtype)
