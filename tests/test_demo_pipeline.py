@@ -111,9 +111,10 @@ def test_preset_overrides_are_checked():
         preset_with("huge", {})
 
 
-def test_pretrain_bf16_puts_every_pretraining_stage_under_autocast(tmp_path, monkeypatch):
+def test_pretrain_bf16_and_seed_reach_every_pretraining_stage(tmp_path, monkeypatch):
     """--set pretrain_bf16=true: every pretrain.py run of the demo (adapt, WID, KD, pruning, random all go
-    through Demo.pretrain) gets --bf16; the shipped presets stay fp32; a non-boolean value is refused."""
+    through Demo.pretrain) gets --bf16; the shipped presets stay fp32; a non-boolean value is refused;
+    --set seed=N reaches their --seed (7 by default)."""
     commands = {}
     for value in (True, False):
         demo = Demo(preset_with("micro", {"pretrain_bf16": value}), str(tmp_path))
@@ -122,6 +123,11 @@ def test_pretrain_bf16_puts_every_pretraining_stage_under_autocast(tmp_path, mon
     assert commands[True].count("--bf16") == 1 and "--bf16" not in commands[False]
     assert [c for c in commands[True] if c != "--bf16"] == commands[False]
     assert not any(preset_with(name, {}).pretrain_bf16 for name in ("micro", "smoke", "quick", "full", "compare"))
+    assert commands[False][commands[False].index("--seed") + 1] == "7"  # the published runs' seed
+    demo = Demo(preset_with("micro", {"seed": 8}), str(tmp_path))
+    monkeypatch.setattr(demo, "run_logged", lambda stage, cmd, *rest: commands.update(seeded=cmd))
+    demo.pretrain("wid", "train.tpd", "config.json", "init.bin", str(tmp_path / "wid" / "m.bin"), 3, 1e-4)
+    assert commands["seeded"][commands["seeded"].index("--seed") + 1] == "8"
     with pytest.raises(UserError, match="pretrain_bf16: expected true or false, got 'yes'"):
         preset_with("quick", {"pretrain_bf16": "yes"})
 

@@ -69,6 +69,7 @@ class Preset:
     # bf16 autocast in the pre-training stages (adapt, WID, KD, pruning, random): 1.2x-3.4x the fp32 tokens/s
     # on this CPU (docs/wid_demo.md); off in the shipped presets, whose published numbers were taken in fp32.
     pretrain_bf16: bool = False
+    seed: int = 7                       # every pre-training stage's --seed (batch order, MLM masks, dropout)
 
 
 PRESETS = {

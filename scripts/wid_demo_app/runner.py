@@ -107,7 +107,7 @@ class Demo:
                "--config_path", config, "--output_model_path", output, "--total_steps", str(steps),
                "--batch_size", str(p.batch_size), "--learning_rate", str(lr), "--warmup", str(warmup),
                "--scheduler", scheduler, "--report_steps", str(p.report_steps),
-               "--save_checkpoint_steps", str(p.save_checkpoint_steps), "--seed", "7", "--resume"]
+               "--save_checkpoint_steps", str(p.save_checkpoint_steps), "--seed", str(p.seed), "--resume"]
         if init:
             cmd += ["--pretrained_model_path", init]
         if p.pretrain_bf16:

@@ -106,7 +106,7 @@ def probe(demo):
     for name, param in model.named_parameters():  # the tied decoder is the word table: frozen too
         param.requires_grad = name.startswith("target.") and not name.endswith("linear_2.weight")
     log = Tee(demo.path("logs", "probe.log"))
-    loader = build_loader(demo.path("data", "train.tpd"), p.batch_size, seed=7)
+    loader = build_loader(demo.path("data", "train.tpd"), p.batch_size, seed=p.seed)
     cfg = TrainConfig(total_steps=p.probe_steps, learning_rate=p.probe_lr, warmup=0.1,
                       report_steps=p.report_steps, output_model_path=None)
     Trainer(model.train(), loader, cfg, log=lambda *a, **k: log(*a)).fit()
