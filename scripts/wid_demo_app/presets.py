@@ -121,7 +121,7 @@ def preset_with(name, overrides):
     if bad:
         raise UserError(f"unknown preset setting(s) {bad}; known: {', '.join(sorted(fields))}")
     for key, value in overrides.items():
-        if fields[key].type in (bool, "bool") and not isinstance(value, bool):
+        if fields[key].type is bool and not isinstance(value, bool):
             raise UserError(f"preset setting {key}: expected true or false, got {value!r}")
     return dataclasses.replace(PRESETS[name], **overrides)
 

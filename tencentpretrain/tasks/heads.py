@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from tencentpretrain.model_builder import build_embedding, build_encoder, init_weights
 from tencentpretrain.model_io import load_model_weights
+from tencentpretrain.utils.runtime import autocast
 
 
 POOLINGS = ("first", "mean", "max", "last")
@@ -59,7 +60,7 @@ class Classifier(nn.Module):
         if self.labels_num == 1:
             # A regression score is the output itself: under bf16 autocast it would keep ~3 significant
             # digits, and close scores would tie (a correlation metric then reads 0). Computed in fp32.
-            with torch.autocast(pooled.device.type, enabled=False):
+            with autocast(pooled.device, "fp32"):
                 return self.output_layer_2(pooled.float())
         return self.output_layer_2(pooled)
 
